@@ -1,0 +1,119 @@
+# Offline feature caching for transfer learning on Dogs vs Cats. `make` (or `make help`) lists the targets.
+# Every setting is a Make variable passed to the stage's argparse, and recorded inside the artifact it makes.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# --- environment -----------------------------------------------------------------------------------------
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TF_VERSION := 2.21.0
+GPU ?= 0
+TF_PACKAGE := $(if $(filter 1,$(GPU)),tensorflow[and-cuda]==$(TF_VERSION),tensorflow-cpu==$(TF_VERSION))
+STAMP := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+# --- stage 1: features -------------------------------------------------------------------------------------
+DATA ?= data/train
+FEATURES ?= artifacts/features.h5
+IMG_SIZE ?= 150
+LAYER ?= mixed7
+LAYERS ?= $(LAYER)
+WEIGHTS ?= imagenet
+VAL_SPLIT ?= 0.2
+SEED ?= 42
+DTYPE ?= float32
+# BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
+BATCH ?=
+EPOCHS ?=
+LR ?=
+# --- stage 2: head -----------------------------------------------------------------------------------------
+HEAD_DIR ?= artifacts/head
+MEM_BUDGET ?= 2G
+# --- stage 3: fine-tuning, prediction ------------------------------------------------------------------------
+MODEL_DIR ?= artifacts/finetune
+UNFREEZE_FROM ?= mixed6
+MIXED_PRECISION ?= auto
+XLA ?= 0
+MODEL ?= $(MODEL_DIR)/model.keras
+INPUT ?= data/test
+TEST ?= data/test
+OUT ?= artifacts/predictions.csv
+SUBMISSION ?= artifacts/submission.csv
+ZIP ?= dogs-vs-cats.zip
+# --- demo ---------------------------------------------------------------------------------------------------
+DEMO_DIR ?= data/demo
+DEMO_ART ?= artifacts/demo
+DEMO_N ?= 240
+
+opt = $(if $(2),$(1) $(2))
+
+.PHONY: help install data demo features head finetune predict submission bench test clean
+
+## help: list the targets and the variables they read (the default target)
+help:
+	@echo "Targets (set variables as make TARGET VAR=value):"
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
+	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
+	@echo "  HEAD_DIR=$(HEAD_DIR) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) MEM_BUDGET=$(MEM_BUDGET) GPU=$(GPU)"
+
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt "$(TF_PACKAGE)"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## install: create .venv with pinned dependencies (idempotent; GPU=1 installs tensorflow[and-cuda] instead of -cpu)
+install: $(STAMP)
+
+## data: unpack a Kaggle zip (ZIP=dogs-vs-cats.zip, nested zips included) into data/
+data: $(STAMP)
+	$(PY) -m extract.unpack --zip $(ZIP) --out data
+
+## demo: the built-in default: synthetic images, then every stage with WEIGHTS=none at 75x75 (a few minutes on 2 CPUs)
+demo: $(STAMP)
+	$(PY) -m extract.synth --out $(DEMO_DIR)/train --n $(DEMO_N) --layout kaggle --broken 4 --seed 1
+	$(PY) -m extract.synth --out $(DEMO_DIR)/test --n 20 --layout unlabelled --broken 1 --seed 2
+	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75
+	$(MAKE) --no-print-directory head FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head EPOCHS=10
+	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
+	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras OUT=$(DEMO_ART)/predictions.csv
+	$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv
+	@echo "demo done: artifacts in $(DEMO_ART)/"
+
+## features: stage 1, cache InceptionV3 LAYER features of DATA into FEATURES (resumable; no-op when up to date)
+features: $(STAMP)
+	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
+	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) $(call opt,--batch,$(BATCH))
+
+## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
+head: $(STAMP)
+	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --seed $(SEED) --mem-budget $(MEM_BUDGET) \
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+
+## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM into MODEL_DIR
+finetune: $(STAMP)
+	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
+	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+
+## predict: write OUT (path,prob_dog,label) for INPUT (an image or a folder) with MODEL
+predict: $(STAMP)
+	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(OUT)
+
+## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST
+submission: $(STAMP)
+	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION)
+
+## bench: measure every stage against the recipe it replaces; writes artifacts/bench.json and bench.md
+bench: $(STAMP)
+	$(PY) -m bench $(call opt,--n,$(BENCH_N))
+
+## test: the offline test suite (generated images, WEIGHTS=none, 75x75)
+test: $(STAMP)
+	$(PY) -m pytest
+
+## clean: remove artifacts/ and data/demo (keeps .venv and real data)
+clean:
+	rm -rf artifacts $(DEMO_DIR)

@@ -1,0 +1,307 @@
+"""The HDF5 feature cache: the one contract between the stages (layout documented in README, "The cache file").
+
+Reads and writes one HDF5 file (default `artifacts/features.h5`). Nothing else in the project opens it directly.
+Example: python -c "from cache import open_cache; print(open_cache('artifacts/features.h5').summary())"
+
+Crash safety: work goes to `<path>.partial`. Every dataset touched while extracting is allocated up front
+(early allocation, never filled), so a commit is raw in-place writes, a flush, then the two counters
+(`rows_committed`, `inputs_committed`) and another flush. A SIGKILL loses at most the uncommitted batch; the
+file is renamed to `<path>` only when finalised, so no reader ever sees a half-written cache as complete.
+"""
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from .errors import CacheIncomplete, CacheMismatch
+
+FORMAT = "dogcat-feature-cache"
+FORMAT_VERSION = 1
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_NONE = 0, 1, -1
+CHUNK_BYTES = 4 << 20  # ~4 MiB row chunks: big sequential reads, few chunk-index entries
+REASON_BYTES = 160  # skip reasons are short ("cannot identify image file"); fixed width keeps commits in place
+_STR = h5py.string_dtype("utf-8")
+
+
+def fingerprint(obj) -> str:
+    """sha256 of the canonical JSON of `obj`: the identity of a configuration or a file list."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def partial_path(path) -> str:
+    return f"{path}.partial"
+
+
+def chunk_rows_for(row_shape, dtype) -> int:
+    row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
+    return max(1, CHUNK_BYTES // row_bytes)
+
+
+def _early_dcpl():
+    # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
+    # never the chunk index, which is what makes a SIGKILL between flushes harmless.
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+@dataclass
+class WriteSummary:
+    path: str
+    rows: int
+    skipped: list  # [(relpath, reason)]
+
+
+class CacheWriter:
+    """Resumable, append-only writer of one cache file (see module docstring for the commit protocol)."""
+
+    def __init__(self, path, config: dict, paths, labels, split, layer_shapes: dict, dtype="float32",
+                 provenance=None):
+        self.path, self.tmp = str(path), partial_path(path)
+        self.config = dict(config)  # identity: its fingerprint decides resume / up-to-date / stale
+        self.provenance = dict(provenance or {})  # recorded, not identity: versions, backbone digest
+        self.fp = fingerprint(self.config)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, np.int8)
+        self.split = np.asarray(split, np.int8)
+        self.layer_shapes = {k: tuple(int(d) for d in v) for k, v in layer_shapes.items()}
+        self.dtype = np.dtype(dtype)
+        self.f = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Open the partial file if it belongs to this configuration, else start afresh; return the resume input index."""
+        if os.path.exists(self.tmp):
+            try:
+                f = h5py.File(self.tmp, "r+")
+                if f.attrs.get("fingerprint") == self.fp and f.attrs.get("format") == FORMAT:
+                    self.f = f
+                    return int(f.attrs["inputs_committed"])
+                f.close()
+            except OSError:
+                pass  # unreadable partial (killed while finalising): start over, nothing committed is lost
+            os.remove(self.tmp)
+        self._create()
+        return 0
+
+    def _create(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.tmp)), exist_ok=True)
+        n = len(self.paths)
+        f = h5py.File(self.tmp, "w")
+        _write_attrs(f, self.config, self.fp, self.provenance)
+        f.attrs["complete"] = False
+        f.attrs["rows_committed"] = 0
+        f.attrs["inputs_committed"] = 0
+        for name, shape in self.layer_shapes.items():
+            cr = chunk_rows_for(shape, self.dtype)
+            f.create_dataset(f"layers/{name}", shape=(max(n, 1),) + shape, maxshape=(max(n, 1),) + shape,
+                             chunks=(min(cr, max(n, 1)),) + shape, dtype=self.dtype, dcpl=_early_dcpl())
+        g = f.create_group("_progress")
+        g.create_dataset("row_input", shape=(max(n, 1),), dtype=np.int64, dcpl=_early_dcpl())
+        g.create_dataset("reason", shape=(max(n, 1),), dtype=f"S{REASON_BYTES}", dcpl=_early_dcpl())
+        f.flush()
+        self.f = f
+
+    def commit(self, input_idx, feats: dict, skipped, inputs_done: int):
+        """Append rows for candidates `input_idx` (in order), record `skipped` [(input index, reason)], then commit."""
+        f = self.f
+        r0 = int(f.attrs["rows_committed"])
+        k = len(input_idx)
+        if k:
+            for name, arr in feats.items():
+                f[f"layers/{name}"][r0:r0 + k] = np.asarray(arr, self.dtype)
+            f["_progress/row_input"][r0:r0 + k] = np.asarray(input_idx, np.int64)
+        reason = f["_progress/reason"]
+        for i, why in skipped:
+            reason[i] = why.encode("utf-8", "replace")[:REASON_BYTES]
+        f.flush()  # data first, counters second: a kill in between leaves the old counters, hence old rows
+        f.attrs["rows_committed"] = r0 + k
+        f.attrs["inputs_committed"] = int(inputs_done)
+        f.flush()
+
+    def finalize(self) -> WriteSummary:
+        """Compact the per-row datasets, mark complete and rename into place atomically."""
+        f = self.f
+        n_rows = int(f.attrs["rows_committed"])
+        assert int(f.attrs["inputs_committed"]) == len(self.paths), "finalize before all inputs were committed"
+        rows = f["_progress/row_input"][:n_rows] if n_rows else np.zeros(0, np.int64)
+        done = np.zeros(len(self.paths), bool)
+        done[rows] = True
+        reasons = f["_progress/reason"][:len(self.paths)] if self.paths else []
+        skipped = [(self.paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~done)]
+        for name in ("features", "labels", "paths", "split", "skipped"):
+            if name in f:  # a previous finalise was killed half-way: redo it
+                del f[name]
+        for name in self.layer_shapes:
+            f[f"layers/{name}"].resize(n_rows, axis=0)
+        f["features"] = f[f"layers/{self.config['layer']}"]  # hard link: the primary layer, no copy
+        f.create_dataset("labels", data=self.labels[rows])
+        f.create_dataset("paths", data=np.array([self.paths[i] for i in rows], dtype=object), dtype=_STR)
+        f.create_dataset("split", data=self.split[rows])
+        f.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=_STR,
+                         maxshape=(None, 2))
+        del f["_progress"]
+        f.attrs["n_rows"] = n_rows
+        f.attrs["n_skipped"] = len(skipped)
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["complete"] = True
+        f.flush()
+        f.close()
+        self.f = None
+        os.replace(self.tmp, self.path)
+        return WriteSummary(self.path, n_rows, skipped)
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def _write_attrs(f, config, fp, provenance):
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["fingerprint"] = fp
+    f.attrs["config"] = json.dumps(config, sort_keys=True)
+    f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    for key, value in {**config, **provenance}.items():  # flat copies so that `h5dump -A` / h5py users can read them at a glance
+        f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+class FeatureCache:
+    """A complete cache opened read-only. Arrays other than the features are small and loaded eagerly."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.f = h5py.File(self.path, "r")
+        self.config = json.loads(self.f.attrs["config"])
+        self.provenance = json.loads(self.f.attrs["provenance"])
+        self.fingerprint = str(self.f.attrs["fingerprint"])
+        self.layer = self.config["layer"]
+        self.layers = list(self.config["layers"])
+        self.class_names = list(self.config["class_names"])
+        self.labels = self.f["labels"][:].astype(np.int64)
+        self.split = self.f["split"][:].astype(np.int64)
+        self.paths = [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]
+        self.skipped = [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in self.f["skipped"][:]]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.f.close()
+
+    def features(self, layer=None) -> h5py.Dataset:
+        return self.f[f"layers/{layer or self.layer}"]
+
+    def feature_shape(self, layer=None):
+        return tuple(self.features(layer).shape[1:])
+
+    def chunk_rows(self, layer=None) -> int:
+        return int(self.features(layer).chunks[0])
+
+    def rows(self, split) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def nbytes(self, rows, layer=None) -> int:
+        ds = self.features(layer)
+        return len(rows) * int(np.prod(ds.shape[1:])) * ds.dtype.itemsize
+
+    def read(self, rows, layer=None, dtype=np.float32) -> np.ndarray:
+        """Rows in the order given, read as whole chunks (one contiguous slice per chunk touched, never per row)."""
+        ds = self.features(layer)
+        rows = np.asarray(rows, np.int64)
+        out = np.empty((len(rows),) + ds.shape[1:], dtype)
+        cr = ds.chunks[0]
+        chunk_of = rows // cr
+        for c in np.unique(chunk_of):
+            sel = np.flatnonzero(chunk_of == c)
+            lo = int(c) * cr
+            block = ds[lo:min(lo + cr, ds.shape[0])]
+            out[sel] = block[rows[sel] - lo]
+        return out
+
+    def summary(self) -> str:
+        counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.class_names)}
+        return (f"{self.path}: {len(self)} rows x {self.feature_shape()} {self.features().dtype} at layer "
+                f"{self.layer!r}, {counts}, train={len(self.rows(SPLIT_TRAIN))} val={len(self.rows(SPLIT_VAL))} "
+                f"unlabelled={len(self.rows(SPLIT_NONE))}, skipped={len(self.skipped)}")
+
+
+def epoch_windows(rows, chunk_rows: int, seed: int, epoch: int, window_chunks: int = 8):
+    """One epoch's shuffled order of `rows`, as a list of index arrays, each drawn from `window_chunks` whole chunks.
+
+    Shuffling whole chunks, then rows within a window of chunks, gives a well-mixed order that can still be read
+    from disk a chunk at a time. The in-memory and the streaming training paths both follow this order, so the
+    same seed gives the same batches either way. It depends only on (seed, epoch), so a resumed run continues it.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    rows = np.asarray(rows, np.int64)
+    chunk_of = rows // chunk_rows
+    chunks = np.unique(chunk_of)
+    rng.shuffle(chunks)
+    out = []
+    for i in range(0, len(chunks), window_chunks):
+        sel = rows[np.isin(chunk_of, chunks[i:i + window_chunks])]
+        out.append(rng.permutation(sel))
+    return out
+
+
+def open_cache(path, *, layer=None, need_labels=False, fix="make features") -> FeatureCache:
+    """Open a complete cache or raise CacheIncomplete/CacheMismatch with the command that fixes it."""
+    path = str(path)
+    if not os.path.exists(path):
+        if os.path.exists(partial_path(path)):
+            raise CacheIncomplete(f"{path}: only a half-written cache ({partial_path(path)}) exists; "
+                                  f"rerun `{fix} FEATURES={path}` to finish it")
+        raise CacheIncomplete(f"{path}: no feature cache here; run `{fix} FEATURES={path}` first")
+    try:
+        with h5py.File(path, "r") as f:
+            fmt, complete = f.attrs.get("format"), bool(f.attrs.get("complete", False))
+    except OSError as e:
+        raise CacheIncomplete(f"{path}: not a readable HDF5 file ({e}); delete it and rerun `{fix}`") from None
+    if fmt != FORMAT:
+        raise CacheMismatch(f"{path}: not a feature cache of this project (format={fmt!r}); "
+                            f"rerun `{fix} FEATURES={path}`")
+    if not complete:
+        raise CacheIncomplete(f"{path}: cache is incomplete; rerun `{fix} FEATURES={path}` to finish it")
+    cache = FeatureCache(path)
+    version = int(cache.f.attrs["format_version"])
+    if version != FORMAT_VERSION:
+        cache.close()
+        raise CacheMismatch(f"{path}: format_version={version}, this code reads "
+                            f"{FORMAT_VERSION}; rerun `{fix} FEATURES={path}`")
+    if layer is not None and layer not in cache.layers:
+        cache.close()
+        raise CacheMismatch(f"{path}: layer={cache.layer!r}, expected {layer!r}; "
+                            f"rerun `{fix} LAYER={layer} FEATURES={path}`")
+    if need_labels:
+        n_tr, n_va = len(cache.rows(SPLIT_TRAIN)), len(cache.rows(SPLIT_VAL))
+        if n_tr == 0 or n_va == 0:
+            cache.close()
+            raise CacheMismatch(f"{path}: needs labelled train and val rows, has train={n_tr} val={n_va} "
+                                f"(an unlabelled folder?); rerun `{fix} DATA=<labelled images> FEATURES={path}`")
+    return cache
+
+
+def cache_state(path, fp: str) -> str:
+    """'up-to-date' if a complete cache with fingerprint `fp` is at `path`; else 'missing', 'stale' or 'unreadable'."""
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        with h5py.File(path, "r") as f:
+            ok = f.attrs.get("format") == FORMAT and bool(f.attrs.get("complete", False))
+            return "up-to-date" if ok and f.attrs.get("fingerprint") == fp else "stale"
+    except OSError:
+        return "unreadable"

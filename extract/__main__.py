@@ -1,0 +1,123 @@
+"""Stage 1: run the frozen InceptionV3 once over an image folder and cache its feature maps in one HDF5 file.
+
+Reads: DATA (any supported layout). Writes: FEATURES (layout in README, "The cache file") and, next to it,
+`<name>.skipped.txt` listing undecodable files with reasons.
+Example: python -m extract --data data/train --features artifacts/features.h5 --img-size 150 --weights imagenet
+
+Killed at any moment, the same command resumes from the last committed batch. With the same configuration and
+input files it is a quick no-op ("up to date"); any change rebuilds the cache.
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from cache import CacheWriter, SPLIT_NONE, cache_state, cli, fingerprint
+from extract import backbone, images
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m extract", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data/train", help="image folder (DATA)")
+    p.add_argument("--features", default="artifacts/features.h5", help="cache file to write (FEATURES)")
+    p.add_argument("--img-size", type=int, default=150, help="square input size, >= 75 (IMG_SIZE)")
+    p.add_argument("--layers", default=backbone.FEATURE_LAYER,
+                   help="comma-separated layer names to cache in one pass; the first is `features` (LAYER)")
+    p.add_argument("--weights", default="imagenet", help="imagenet | path/to/weights.h5 | none (WEIGHTS)")
+    p.add_argument("--val-split", type=float, default=0.2, help="validation fraction, stratified (VAL_SPLIT)")
+    p.add_argument("--seed", type=int, default=42, help="split seed (SEED)")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass (BATCH)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype (DTYPE)")
+    return p.parse_args(argv)
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def resolve_config(a, imgs: images.ImageSet, weights_info: dict) -> dict:
+    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
+    layers = [l.strip() for l in a.layers.split(",") if l.strip()]
+    return {
+        "backbone": backbone.BACKBONE, "layer": layers[0], "layers": layers, "image_size": a.img_size,
+        "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": a.dtype,
+        "data": os.path.abspath(imgs.root), "layout": imgs.layout, "class_names": imgs.class_names,
+        "n_inputs": len(imgs.paths), "inputs_fingerprint": imgs.files_fingerprint(),
+        "val_split": a.val_split, "split_seed": a.seed, **weights_info,
+    }
+
+
+@cli
+def main(argv=None):
+    a = parse_args(argv)
+    backbone.check_img_size(a.img_size)
+    imgs = images.discover(a.data)
+    split = (images.stratified_split(imgs.labels, a.val_split, a.seed) if imgs.labelled
+             else np.full(len(imgs.paths), SPLIT_NONE, np.int8))
+    weights_info = backbone.resolve_weights(a.weights)
+    config = resolve_config(a, imgs, weights_info)
+    fp = fingerprint(config)
+    state = cache_state(a.features, fp)
+    if state == "up-to-date":
+        print(f"{a.features}: up to date ({len(imgs.paths)} inputs, fingerprint {fp[:12]}); nothing to do")
+        return 0
+    if state != "missing":
+        print(f"{a.features}: {state} (configuration or input files changed); rebuilding")
+
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    model = backbone.build_backbone(a.img_size, config["layers"], weights_info)
+    outputs = model.outputs
+    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], outputs)}
+    provenance = {"backbone_digest": backbone.weights_digest(model), "versions": json.dumps(package_versions()),
+                  "command": "make features"}
+    writer = CacheWriter(a.features, config, imgs.paths, imgs.labels, split, shapes, a.dtype, provenance)
+    start = writer.start()
+    if start:
+        print(f"{a.features}: resuming at input {start}/{len(imgs.paths)}")
+    forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
+
+    t0, n_done, n_skip = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(config["layers"]), unit="img")
+    try:
+        for idx, x, ok, reason in images.image_dataset(imgs.root, imgs.paths, a.img_size, a.batch,
+                                                       np.arange(start, len(imgs.paths))):
+            idx, ok = idx.numpy(), ok.numpy()
+            feats = forward(x)
+            feats = feats if isinstance(feats, (list, tuple)) else [feats]
+            skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+            for i, r in skipped:
+                tqdm.write(f"skipped {imgs.paths[i]}: {r}")
+            writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(config["layers"], feats)}, skipped,
+                          int(idx[-1]) + 1)
+            n_done += int(ok.sum())
+            n_skip += len(skipped)
+            bar.update(len(idx))
+        bar.close()
+        summary = writer.finalize()
+    finally:
+        writer.close()
+    dt = time.perf_counter() - t0
+    skipped_txt = os.path.splitext(a.features)[0] + ".skipped.txt"
+    with open(skipped_txt, "w") as f:
+        f.writelines(f"{p}\t{r}\n" for p, r in summary.skipped)
+    rate = (n_done + n_skip) / dt if dt > 0 else 0.0
+    print(f"{a.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped (see {skipped_txt}); "
+          f"this run {n_done + n_skip:,} images in {dt:.1f}s, {rate:.1f} images/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

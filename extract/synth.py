@@ -1,0 +1,118 @@
+"""Synthetic two-class image sets in every real layout, for tests, the demo and the benchmark.
+
+Writes: N images under `--out` in the chosen layout, optionally with broken files, ignorable junk and odd formats.
+Example: python -m extract.synth --out data/demo/train --n 200 --layout kaggle --broken 3
+
+Class 0 ("cat") is warm-coloured with blobs, class 1 ("dog") cool-coloured with stripes: distinct enough that
+even a randomly initialised backbone separates them, so a test can demand real learning (>= 0.9 accuracy).
+"""
+import argparse
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+LAYOUTS = ("kaggle", "folders", "petimages", "unlabelled")
+CLASS_DIRS = {"folders": ("cats", "dogs"), "petimages": ("Cat", "Dog")}
+
+
+def draw(label: int, h: int, w: int, rng) -> np.ndarray:
+    """One RGB uint8 image of class `label`."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.array([200, 90, 40] if label == 0 else [40, 110, 200], np.float32) + rng.normal(0, 20, 3)
+    img = np.broadcast_to(base, (h, w, 3)).copy()
+    img *= (0.7 + 0.3 * (yy / h))[..., None]  # a gradient, so that no image is flat
+    if label == 0:
+        for _ in range(rng.integers(2, 5)):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.3) * min(h, w)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(150, 255, 3)
+    else:
+        period, angle = rng.uniform(0.08, 0.2) * min(h, w), rng.uniform(0, np.pi)
+        stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0
+        img[stripes] = img[stripes] * 0.4 + rng.uniform(0, 80, 3)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _name(layout, label, i, ext="jpg"):
+    if layout == "kaggle":
+        return f"{('cat', 'dog')[label]}.{i}.{ext}"
+    if layout == "unlabelled":
+        return f"{i + 1}.{ext}"
+    return os.path.join(CLASS_DIRS[layout][label], f"{i}.{ext}")
+
+
+def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, junk=True, odd=False):
+    """Write `n` images (half per class) in `layout`; return {relpath: label} of the decodable images written.
+
+    `size` is the (min, max) side in pixels, drawn per image. `broken` adds undecodable files (zero bytes,
+    truncated JPEG, text, random bytes) that must be skipped; `junk` adds files to ignore (Thumbs.db,
+    .DS_Store, a .txt); `odd` adds decodable oddities (grayscale, CMYK, RGBA, a PNG named .jpg, upper-case
+    extension, progressive JPEG, tiny and huge images) that must all be cached.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; choose one of {LAYOUTS}")
+    rng = np.random.default_rng(seed)
+    written = {}
+
+    def put(rel, data: bytes):
+        path = os.path.join(out, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+    def encode(arr, fmt="JPEG", mode=None, **kw):
+        buf = io.BytesIO()
+        im = Image.fromarray(arr)
+        (im.convert(mode) if mode else im).save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    for i in range(n):
+        label = i % 2
+        h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
+        rel = _name(layout, label, i)
+        put(rel, encode(draw(label, h, w, rng), quality=90))
+        written[rel] = label
+    if odd:
+        oddities = [("gray", dict(mode="L")), ("cmyk", dict(mode="CMYK")), ("rgba", dict(fmt="PNG", mode="RGBA")),
+                    ("pngasjpg", dict(fmt="PNG")), ("progressive", dict(progressive=True, quality=85)),
+                    ("UPPER", {}), ("tiny", {}), ("huge", {})]
+        for j, (kind, kw) in enumerate(oddities):
+            label, i = j % 2, n + j
+            h, w = {"tiny": (4, 6), "huge": (3000, 2400)}.get(kind, (90, 120))
+            ext = "JPG" if kind == "UPPER" else ("png" if kw.get("fmt") == "PNG" and kind == "rgba" else "jpg")
+            rel = _name(layout, label, i, ext)
+            put(rel, encode(draw(label, h, w, rng), **kw))
+            written[rel] = label
+    for j in range(broken):
+        label, i = j % 2, n + 100 + j
+        good = encode(draw(label, 80, 80, rng))
+        data = [b"", good[: len(good) // 2], b"this is not an image\n", rng.bytes(3000)][j % 4]
+        put(_name(layout, label, i), data)
+    if junk:
+        folders = [""] if layout in ("kaggle", "unlabelled") else list(CLASS_DIRS[layout])
+        for d in folders:
+            put(os.path.join(d, "Thumbs.db"), rng.bytes(512))
+            put(os.path.join(d, ".DS_Store"), rng.bytes(64))
+        put("readme.txt", b"synthetic dogs-vs-cats images\n")
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--layout", choices=LAYOUTS, default="kaggle")
+    p.add_argument("--min-size", type=int, default=60)
+    p.add_argument("--max-size", type=int, default=160)
+    p.add_argument("--broken", type=int, default=0)
+    p.add_argument("--odd", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    written = make_dataset(a.out, a.n, a.layout, (a.min_size, a.max_size), a.seed, a.broken, odd=a.odd)
+    print(f"wrote {len(written)} images ({a.layout}) and {a.broken} broken files to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
