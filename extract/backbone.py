@@ -65,7 +65,7 @@ def _download_imagenet(how_to_get) -> str:
         return keras.utils.get_file(NOTOP_FILE, NOTOP_URL, cache_subdir="models", file_hash=NOTOP_MD5)
     except Exception as e:  # offline: urllib raises several types; all mean the same to the user
         raise WorkflowError(f"WEIGHTS=imagenet: {NOTOP_FILE} is not in {os.path.dirname(keras_weights_path())} "
-                            f"and cannot be downloaded ({type(e).__name__}); {how_to_get}") from None
+                            f"and cannot be downloaded ({str(e)[:100] or type(e).__name__}); {how_to_get}") from None
 
 
 def check_img_size(img_size: int):

@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic image sets and a stage-1 cache built from them (offline, WEIGHTS=none, 75x75)."""
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never depend on a GPU, even where one exists
+
+from extract.synth import make_dataset  # noqa: E402
+
+IMG = 75  # the smallest input InceptionV3 accepts: fast, and still exercises every layer
+
+
+def extract_args(data, features, *extra):
+    return ["--data", str(data), "--features", str(features), "--img-size", str(IMG), "--weights", "none",
+            "--batch", "16", *extra]
+
+
+@pytest.fixture(scope="session")
+def train_dir(tmp_path_factory):
+    """120 labelled synthetic images in the Kaggle flat layout, plus broken files and junk."""
+    d = tmp_path_factory.mktemp("train")
+    make_dataset(d, n=120, layout="kaggle", seed=3, broken=4)
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_path(train_dir, tmp_path_factory):
+    """A complete stage-1 cache of `train_dir` (mixed7, float32)."""
+    from extract.__main__ import main
+
+    path = tmp_path_factory.mktemp("cache") / "features.h5"
+    assert main(extract_args(train_dir, path)) == 0
+    return path
+
+
+def run_module(module, *args, env=None, timeout=600):
+    """Run `python -m module args` as a real subprocess (as `make` does); return CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
