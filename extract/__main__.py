@@ -58,6 +58,40 @@ def resolve_config(a, imgs: images.ImageSet, weights_info: dict) -> dict:
     }
 
 
+def make_forward(model):
+    """The compiled inference call: uint8 batch in, list of feature maps out."""
+    import tensorflow as tf
+
+    def forward(x):
+        out = model(tf.cast(x, tf.float32), training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return tf.function(forward, reduce_retracing=True)
+
+
+def run_extraction(forward, layers, imgs, writer, start, img_size, batch):
+    """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds)."""
+    from tqdm import tqdm
+
+    t0, n_done, n_skip = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(layers), unit="img")
+    for idx, x, ok, reason in images.image_dataset(imgs.root, imgs.paths, img_size, batch,
+                                                   np.arange(start, len(imgs.paths))):
+        idx, ok = idx.numpy(), ok.numpy()
+        if len(idx) < batch:  # pad the last batch: a new shape would retrace the whole graph (~5 s on a CPU)
+            x = np.concatenate([x.numpy(), np.zeros((batch - len(idx),) + tuple(x.shape[1:]), np.uint8)])
+        feats = [f[:len(idx)] for f in forward(x)]
+        skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+        for i, r in skipped:
+            tqdm.write(f"skipped {imgs.paths[i]}: {r}")
+        writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1)
+        n_done += int(ok.sum())
+        n_skip += len(skipped)
+        bar.update(len(idx))
+    bar.close()
+    return n_done, n_skip, time.perf_counter() - t0
+
+
 @cli
 def main(argv=None):
     a = parse_args(argv)
@@ -75,41 +109,20 @@ def main(argv=None):
     if state != "missing":
         print(f"{a.features}: {state} (configuration or input files changed); rebuilding")
 
-    import tensorflow as tf
-    from tqdm import tqdm
-
     model = backbone.build_backbone(a.img_size, config["layers"], weights_info)
-    outputs = model.outputs
-    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], outputs)}
+    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
     provenance = {"backbone_digest": backbone.weights_digest(model), "versions": json.dumps(package_versions()),
                   "command": "make features"}
     writer = CacheWriter(a.features, config, imgs.paths, imgs.labels, split, shapes, a.dtype, provenance)
-    start = writer.start()
-    if start:
-        print(f"{a.features}: resuming at input {start}/{len(imgs.paths)}")
-    forward = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
-
-    t0, n_done, n_skip = time.perf_counter(), 0, 0
-    bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(config["layers"]), unit="img")
     try:
-        for idx, x, ok, reason in images.image_dataset(imgs.root, imgs.paths, a.img_size, a.batch,
-                                                       np.arange(start, len(imgs.paths))):
-            idx, ok = idx.numpy(), ok.numpy()
-            feats = forward(x)
-            feats = feats if isinstance(feats, (list, tuple)) else [feats]
-            skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
-            for i, r in skipped:
-                tqdm.write(f"skipped {imgs.paths[i]}: {r}")
-            writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(config["layers"], feats)}, skipped,
-                          int(idx[-1]) + 1)
-            n_done += int(ok.sum())
-            n_skip += len(skipped)
-            bar.update(len(idx))
-        bar.close()
+        start = writer.start()
+        if start:
+            print(f"{a.features}: resuming at input {start}/{len(imgs.paths)}")
+        n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
+                                            a.img_size, a.batch)
         summary = writer.finalize()
     finally:
         writer.close()
-    dt = time.perf_counter() - t0
     skipped_txt = os.path.splitext(a.features)[0] + ".skipped.txt"
     with open(skipped_txt, "w") as f:
         f.writelines(f"{p}\t{r}\n" for p, r in summary.skipped)
