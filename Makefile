@@ -89,7 +89,8 @@ features: $(STAMP)
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
-	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --seed $(SEED) --mem-budget $(MEM_BUDGET) \
+	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --layer $(LAYER) --seed $(SEED) \
+	  --mem-budget $(MEM_BUDGET) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM into MODEL_DIR

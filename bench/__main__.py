@@ -1,0 +1,310 @@
+"""`make bench`: speed and memory of every stage against the recipe it replaces, measured side by side in one run.
+
+Reads nothing (it generates its own ~350x400 JPEGs). Writes artifacts/bench.json and artifacts/bench.md.
+Example: python -m bench --n 600
+
+Every figure is the median of repeated timings with the warm-up (graph tracing) excluded. WEIGHTS=none:
+throughput does not depend on the weights' values. Ratios compare runs on the same machine in the same process.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from cache import SPLIT_TRAIN, SPLIT_VAL, CacheWriter, cli, open_cache
+from extract import backbone, images
+from extract.__main__ import main as extract_main
+from extract.__main__ import make_forward, package_versions, run_extraction
+from extract.synth import make_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = {"extract_vs_forward": (">=", 0.85), "head_epoch_speedup": (">=", 10.0),
+           "first_head_speedup": (">", 1.0), "head_rss_growth": ("<=", 1.10),
+           "cached_finetune_speedup": (">=", 5.0)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=600, help="synthetic images (BENCH_N)")
+    p.add_argument("--img-size", type=int, default=150)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
+    p.add_argument("--rss-rows", type=int, default=1500, help="rows of the 1x cache for the RSS test (4x is 4x)")
+    p.add_argument("--mem-budget", default="64M", help="MEM_BUDGET for the RSS test: both caches exceed it")
+    p.add_argument("--skip-ray", action="store_true", help="leave out the Ray throughput figures (quick test)")
+    p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
+    p.add_argument("--out", default="artifacts/bench.json")
+    return p.parse_args(argv)
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "platform": platform.platform(),
+            "versions": package_versions()}
+
+
+def median(xs):
+    return float(statistics.median(xs))
+
+
+class EpochTimer:
+    """Keras callback collecting wall seconds per epoch (epoch 0 includes tracing: excluded by the caller)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.seconds = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self.t0)
+
+        return _Timer()
+
+
+# -- stage 1 ---------------------------------------------------------------------------------------------
+def bench_extraction(a, imgs, work):
+    """Pipeline images/s (decode, resize, forward, HDF5 write) vs bare forward images/s on in-memory tensors."""
+    model = backbone.build_backbone(a.img_size, ["mixed7"], "none")
+    forward = make_forward(model)
+    x = np.random.default_rng(0).integers(0, 256, (a.batch, a.img_size, a.img_size, 3), dtype=np.uint8)
+    forward(x)  # warm-up: tracing is excluded from both figures
+    n = len(imgs.paths)
+    bare, piped, seconds = [], [], []
+    for r in range(a.repeats):
+        t0 = time.perf_counter()
+        for _ in range(0, n, a.batch):
+            forward(x)[0].numpy()
+        bare.append(n / (time.perf_counter() - t0))
+        path = os.path.join(work, f"extract-{r}.h5")
+        writer = CacheWriter(path, {"layer": "mixed7", "repeat": r}, imgs.paths, imgs.labels,
+                             np.zeros(n, np.int8), {"mixed7": tuple(model.output.shape[1:])})
+        writer.start()
+        done, skipped, dt = run_extraction(forward, ["mixed7"], imgs, writer, 0, a.img_size, a.batch)
+        writer.finalize()
+        os.remove(path)
+        piped.append((done + skipped) / dt)
+        seconds.append(dt)
+    return {"forward_img_s": median(bare), "extract_img_s": median(piped), "extract_s": median(seconds),
+            "extract_vs_forward": median(piped) / median(bare),
+            "forward_img_s_runs": bare, "extract_img_s_runs": piped}
+
+
+def build_cache(a, data, path, dtype="float32"):
+    argv = ["--data", data, "--features", path, "--img-size", str(a.img_size), "--weights", "none",
+            "--batch", str(a.batch), "--dtype", dtype]
+    assert extract_main(argv) == 0
+    return path
+
+
+# -- stage 2 against the recipe ----------------------------------------------------------------------------
+def bench_recipe_epoch(a, cache_path, epochs):
+    """The recipe: frozen InceptionV3 to mixed7 + the same head, trained from the image files every epoch."""
+    import keras
+    import tensorflow as tf
+
+    from classify.head import build_head
+
+    with open_cache(cache_path) as c:
+        root, shape = c.config["data"], c.feature_shape()
+        sets = [([c.paths[i] for i in c.rows(s)], c.labels[c.rows(s)]) for s in (SPLIT_TRAIN, SPLIT_VAL)]
+    trunk = backbone.build_backbone(a.img_size, ["mixed7"], "none")
+    head = build_head(shape)
+    model = keras.Model(trunk.input, head(trunk.output))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"])
+
+    def from_files(paths, labels):  # decoded again every epoch, as the recipe's generators do
+        y = tf.constant(labels, tf.float32)
+        return images.image_dataset(root, paths, a.img_size, a.batch).map(
+            lambda idx, x, ok, reason: (tf.cast(x, tf.float32), tf.gather(y, idx)))
+
+    timer = EpochTimer()  # an epoch = train + validation, as for the head
+    model.fit(from_files(*sets[0]), validation_data=from_files(*sets[1]), epochs=epochs, callbacks=[timer],
+              verbose=0)
+    return timer.seconds
+
+
+def run_head_cli(cache_path, head_dir, *extra) -> tuple:
+    """`python -m classify` as a child process; return (metrics.json, peak RSS in MiB of that child alone)."""
+    cmd = [sys.executable, "-m", "classify", "--features", cache_path, "--head-dir", head_dir, "--seed", "0", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child only, unlike RUSAGE_CHILDREN
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
+    with open(os.path.join(head_dir, "metrics.json")) as f:
+        return json.load(f), usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def random_cache(path, rows, shape, seed=0):
+    """A cache of random features (no backbone): the RSS test measures the data path, not the features."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, rows).astype(np.int8)
+    split = np.where(rng.random(rows) < 0.2, SPLIT_VAL, SPLIT_TRAIN).astype(np.int8)
+    config = {"layer": "mixed7", "layers": ["mixed7"], "class_names": ["cat", "dog"], "rows": rows}
+    w = CacheWriter(path, config, [f"cat.{i}.jpg" for i in range(rows)], labels, split, {"mixed7": shape})
+    w.start()
+    for lo in range(0, rows, 500):
+        hi = min(rows, lo + 500)
+        w.commit(np.arange(lo, hi), {"mixed7": rng.random((hi - lo,) + shape, np.float32)}, [], hi)
+    w.finalize()
+    return path
+
+
+def bench_rss(a, work, shape):
+    """Peak RSS of head training on a cache above MEM_BUDGET, and on one 4x as large."""
+    out = {}
+    for k in (1, 4):
+        path = random_cache(os.path.join(work, f"rss-{k}x.h5"), a.rss_rows * k, shape, seed=k)
+        _, rss = run_head_cli(path, os.path.join(work, f"head-rss-{k}x"), "--mem-budget", a.mem_budget,
+                              "--epochs", "1")
+        out[f"head_peak_rss_mib_{k}x"] = rss
+        out[f"cache_mib_{k}x"] = os.path.getsize(path) / 2**20
+        os.remove(path)
+    out["head_rss_growth"] = out["head_peak_rss_mib_4x"] / out["head_peak_rss_mib_1x"]
+    return out
+
+
+def bench_dtype(cache32, work, metrics32):
+    """The head and the baseline on a float16 copy of the cache vs the float32 original (`metrics32`), same seed.
+
+    The copy casts the float32 features exactly as CacheWriter does for DTYPE=float16, without a second pass.
+    """
+    cache16 = os.path.join(work, "features-f16.h5")
+    with open_cache(cache32) as c:
+        rows = np.arange(len(c))
+        f32 = c.read(rows)
+        w = CacheWriter(cache16, {**c.config, "dtype": "float16"}, c.paths, c.labels, c.split,
+                        {c.layer: c.feature_shape()}, "float16", c.provenance)
+    w.start()
+    w.commit(rows, {c.layer: f32}, [], len(rows))
+    w.finalize()
+    with open_cache(cache16) as c16:
+        f16 = c16.read(rows)
+    res = {"feature_max_abs_err": float(np.abs(f16 - f32).max()),
+           "feature_max_rel_err": float((np.abs(f16 - f32) / np.maximum(np.abs(f32), 1e-6)).max()),
+           "disk_mib_float32": os.path.getsize(cache32) / 2**20, "disk_mib_float16": os.path.getsize(cache16) / 2**20}
+    m16, _ = run_head_cli(cache16, os.path.join(work, "head-float16"))
+    for name, m in (("float32", metrics32), ("float16", m16)):
+        for part in ("head", "baseline"):
+            res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
+    return res
+
+
+def read_history_seconds(head_dir):
+    import csv
+
+    with open(os.path.join(head_dir, "history.csv")) as f:
+        return [float(r["seconds"]) for r in csv.DictReader(f)]
+
+
+def check(key, value):
+    op, target = TARGETS[key]
+    ok = {">=": value >= target, ">": value > target, "<=": value <= target}[op]
+    return {"value": round(value, 3), "target": f"{op} {target}", "met": bool(ok)}
+
+
+def markdown(res) -> str:
+    lines = [f"Measured by `make bench` (BENCH_N={res['config']['n']}, {res['config']['img_size']}px, "
+             f"WEIGHTS=none) on {res['machine']['cpu']}, {res['machine']['cores']} cores, "
+             f"GPU: {', '.join(res['machine']['gpus']) or 'none'}; {res['created']}.", "",
+             "| key | value | target | met |", "|---|---|---|---|"]
+    for key, r in res["targets"].items():
+        lines.append(f"| `{key}` | {r['value']} | {r['target']} | {'yes' if r['met'] else '**no**'} |")
+    for key in ("baseline_fit_s", "extract_img_s", "forward_img_s", "recipe_epoch_s", "head_epoch_s"):
+        lines.append(f"| `{key}` | {res[key]:.3f} | reported | |")
+    d = res["float16_vs_float32"]
+    for part in ("head", "baseline"):
+        a, b = d[f"{part}_float32"], d[f"{part}_float16"]
+        lines.append(f"| `float16_vs_float32` {part} | acc {a['val_accuracy']:.4f} vs {b['val_accuracy']:.4f}, "
+                     f"log loss {a['val_log_loss']:.4f} vs {b['val_log_loss']:.4f} | reported | |")
+    lines.append(f"| float16 feature error | max abs {d['feature_max_abs_err']:.2e}, max rel "
+                 f"{d['feature_max_rel_err']:.2e}; disk {d['disk_mib_float16']:.1f} vs {d['disk_mib_float32']:.1f} MiB "
+                 f"| reported | |")
+    r = res["rss"]
+    lines.append(f"| head peak RSS | {r['head_peak_rss_mib_1x']:.0f} MiB on {r['cache_mib_1x']:.0f} MiB cache, "
+                 f"{r['head_peak_rss_mib_4x']:.0f} MiB on {r['cache_mib_4x']:.0f} MiB | reported | |")
+    for key, value in res.get("ray", {}).items():
+        lines.append(f"| `{key}` | {value:.1f} | reported | |")
+    if not res["machine"]["gpus"]:
+        lines.append("| GPU extraction / fine-tuning images/s | not measured: no GPU on this machine | | |")
+    return "\n".join(lines) + "\n"
+
+
+@cli
+def main(argv=None):
+    a = parse_args(argv)
+    work = a.work
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    data = os.path.join(work, "images")
+    make_dataset(data, n=a.n, layout="kaggle", size=(320, 420), seed=0, junk=False)  # ~350x400, as Kaggle's
+    imgs = images.discover(data)
+    res = {"config": vars(a), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print(f"bench: {a.n} images of ~350x400 at {a.img_size}px, {a.repeats} timed repeats each")
+
+    res["extraction"] = ext = bench_extraction(a, imgs, work)
+    cache32 = build_cache(a, data, os.path.join(work, "features.h5"))
+    head_m, _ = run_head_cli(cache32, os.path.join(work, "head-float32"))
+    head_epochs = read_history_seconds(os.path.join(work, "head-float32"))
+    recipe_epochs = bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)
+    res["head_epoch_s_runs"], res["recipe_epoch_s_runs"] = head_epochs, recipe_epochs
+    res["head_epoch_s"], res["recipe_epoch_s"] = median(head_epochs[1:]), median(recipe_epochs[1:])
+    res["extract_img_s"], res["forward_img_s"] = ext["extract_img_s"], ext["forward_img_s"]
+    res["baseline_fit_s"] = head_m["baseline"]["seconds"]
+    res["float16_vs_float32"] = bench_dtype(cache32, work, head_m)
+    with open_cache(cache32) as c:
+        res["rss"] = bench_rss(a, work, c.feature_shape())
+    try:
+        if a.skip_ray:
+            raise ImportError("--skip-ray")
+        from extract import shard
+
+        res["ray"] = {}
+        for k in (1, 2):
+            r = shard.throughput(data, work, k, a.img_size, a.batch)
+            res["ray"][f"ray_extract_img_s_{k}_workers"] = r["images_per_s"]
+            res["ray"][f"ray_extract_end_to_end_img_s_{k}_workers"] = r["end_to_end_images_per_s"]
+    except ImportError as e:
+        res["ray_note"] = f"not measured: {e} (install with make install SCALE=1)"
+    res["targets"] = {
+        "extract_vs_forward": check("extract_vs_forward", ext["extract_vs_forward"]),
+        "head_epoch_speedup": check("head_epoch_speedup", res["recipe_epoch_s"] / res["head_epoch_s"]),
+        "first_head_speedup": check("first_head_speedup", 5 * res["recipe_epoch_s"] /
+                                    (ext["extract_s"] + 5 * res["head_epoch_s"])),
+        "head_rss_growth": check("head_rss_growth", res["rss"]["head_rss_growth"]),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=2)
+    md = markdown(res)
+    with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
+        f.write(md)
+    shutil.rmtree(work, ignore_errors=True)
+    print(md)
+    print(f"wrote {a.out} and {os.path.splitext(a.out)[0]}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

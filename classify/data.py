@@ -1,0 +1,136 @@
+"""Stage 2's data path: cached features into numpy (pooled, for the baseline) and into tf.data (for the head).
+
+Reads the cache only through `cache/` (`FeatureCache.read`, chunk-aligned). Writes nothing.
+Example: python -c "from classify.data import parse_bytes; print(parse_bytes('2G'))"
+
+Both training paths follow `cache.epoch_windows(seed, epoch)`: in memory, windows index an array loaded once;
+streaming, each window is one chunk-aligned read. Batches are cut from the concatenated windows by the same
+generator, so the same seed gives the same batches, hence the same weights, either way.
+"""
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cache import WorkflowError, epoch_windows
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+HELD_DTYPE = np.float32  # what `FeatureCache.read` returns, whatever the cache stores
+
+
+def parse_bytes(text) -> int:
+    """'2G' -> 2147483648; K/M/G/T are powers of 1024, a bare number is bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise WorkflowError(f"MEM_BUDGET={text!r}: expected bytes or a number with K, M or G, e.g. MEM_BUDGET=2G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def held_bytes(cache, rows, layer) -> int:
+    """Bytes that `rows` take once read (float32), whatever dtype the cache stores them in."""
+    stored = cache.features(layer).dtype.itemsize
+    return cache.nbytes(rows, layer) * np.dtype(HELD_DTYPE).itemsize // stored
+
+
+def pool_and_scale(cache, layer, rows, train_rows, desc="pool"):
+    """One pass over `rows`, a window of chunks at a time; returns (sorted rows, their global-average-pooled
+    features (n, c), the RMS of the train rows' feature values: the scale the head's inputs are divided by)."""
+    from tqdm import tqdm
+
+    rows = np.sort(np.asarray(rows, np.int64))
+    is_train = np.zeros(len(cache), bool)
+    is_train[train_rows] = True
+    pooled = np.empty((len(rows), cache.feature_shape(layer)[-1]), np.float32)
+    sum_sq, count = 0.0, 0
+    # epoch_windows is used only for its chunk-aligned windows (one read each); their order does not matter here.
+    for w in tqdm(epoch_windows(rows, cache.chunk_rows(layer), 0, 0), desc=f"{desc} {layer}", unit="window"):
+        x = cache.read(w, layer)
+        pooled[np.searchsorted(rows, w)] = x.mean(axis=(1, 2))
+        t = x[is_train[w]]
+        sum_sq += float(np.square(t, dtype=np.float64).sum())
+        count += t.size
+    scale = math.sqrt(sum_sq / count) if count else 0.0
+    if not scale > 0:
+        raise WorkflowError(f"{cache.path}: every train feature at layer {layer!r} is zero, so nothing can be "
+                            f"learned from it; rerun `make features FEATURES={cache.path}` (check WEIGHTS)")
+    return rows, pooled, scale
+
+
+@dataclass
+class Feeds:
+    """Train and val batches of (features / scale, label) as tf.data, from memory or streamed from the cache."""
+
+    cache: object
+    layer: str
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    batch: int
+    seed: int
+    scale: float
+    in_memory: bool
+    epoch: int = 0  # set by the training loop before each epoch's iterator starts (see train.EpochFeed)
+    _array: np.ndarray = field(default=None, repr=False)
+    _pos: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.shape = tuple(self.cache.feature_shape(self.layer))
+        self.chunk_rows = self.cache.chunk_rows(self.layer)
+        self.labels = self.cache.labels.astype(np.float32)
+        if self.in_memory:  # one read of every labelled row, in cache order; windows then index it
+            held = np.sort(np.concatenate([self.train_rows, self.val_rows]))
+            self._array = self.cache.read(held, self.layer)
+            self._pos = np.full(len(self.cache), -1, np.int64)
+            self._pos[held] = np.arange(len(held))
+        # Prefetch about one window of batches: the next window is read while the model eats this one,
+        # and memory stays bounded by two windows whatever the cache's size.
+        window_rows = max(len(w) for w in self.train_windows())
+        self.prefetch = max(2, math.ceil(window_rows / self.batch) + 1)
+        self.val_order = np.concatenate(self.val_windows())
+
+    @property
+    def source(self) -> str:
+        return "in memory" if self.in_memory else "streamed"
+
+    def read(self, rows) -> np.ndarray:
+        return self._array[self._pos[rows]] if self.in_memory else self.cache.read(rows, self.layer)
+
+    def train_windows(self):
+        return epoch_windows(self.train_rows, self.chunk_rows, self.seed, self.epoch)
+
+    def val_windows(self):
+        # A fixed order (epoch 0 of the seed): validation needs chunk-aligned reads, not shuffling.
+        return epoch_windows(self.val_rows, self.chunk_rows, self.seed, 0)
+
+    def _batches(self, windows, inv_scale):
+        """Exact batches of `self.batch` rows cut across window borders; only the last may be short."""
+        carry_x, carry_y = np.empty((0,) + self.shape, np.float32), np.empty((0, 1), np.float32)
+        for w in windows:
+            x = self.read(w)  # a fresh array in both paths, so scaling in place is safe
+            x *= inv_scale
+            x = np.concatenate([carry_x, x])
+            y = np.concatenate([carry_y, self.labels[w, None]])
+            full = len(x) - len(x) % self.batch
+            for i in range(0, full, self.batch):
+                yield x[i:i + self.batch], y[i:i + self.batch]
+            carry_x, carry_y = x[full:], y[full:]
+        if len(carry_x):
+            yield carry_x, carry_y
+
+    def _dataset(self, windows_fn, n_rows, raw=False):
+        import tensorflow as tf
+
+        inv = np.float32(1.0) if raw else np.float32(1.0 / self.scale)
+        spec = (tf.TensorSpec((None,) + self.shape, tf.float32), tf.TensorSpec((None, 1), tf.float32))
+        # windows_fn runs when an iterator starts, i.e. after on_epoch_begin has set self.epoch.
+        ds = tf.data.Dataset.from_generator(lambda: self._batches(windows_fn(), inv), output_signature=spec)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_rows / self.batch)))
+        return ds.prefetch(self.prefetch)
+
+    def train(self):
+        """Shuffled every epoch (the order of `epoch_windows` for `self.epoch`), divided by the feature scale."""
+        return self._dataset(self.train_windows, len(self.train_rows))
+
+    def val(self, raw=False):
+        """Val rows in `self.val_order`; `raw=True` leaves them unscaled, as the saved head will see them."""
+        return self._dataset(self.val_windows, len(self.val_rows), raw)
