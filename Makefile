@@ -8,8 +8,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TF_VERSION := 2.21.0
 GPU ?= 0
+SCALE ?= 0
 TF_PACKAGE := $(if $(filter 1,$(GPU)),tensorflow[and-cuda]==$(TF_VERSION),tensorflow-cpu==$(TF_VERSION))
-STAMP := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
+BASE_STAMP := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
+SCALE_STAMP := $(VENV)/.installed-scale
+STAMP := $(BASE_STAMP) $(if $(filter 1,$(SCALE)),$(SCALE_STAMP))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
@@ -23,6 +26,9 @@ WEIGHTS ?= imagenet
 VAL_SPLIT ?= 0.2
 SEED ?= 42
 DTYPE ?= float32
+AUG_VIEWS ?= 0
+ENGINE ?= local
+SHARDS ?= 2
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
 BATCH ?=
 EPOCHS ?=
@@ -35,6 +41,7 @@ MODEL_DIR ?= artifacts/finetune
 UNFREEZE_FROM ?= mixed6
 MIXED_PRECISION ?= auto
 XLA ?= 0
+FROM_CACHE ?= 0
 MODEL ?= $(MODEL_DIR)/model.keras
 INPUT ?= data/test
 TEST ?= data/test
@@ -55,16 +62,23 @@ help:
 	@echo "Targets (set variables as make TARGET VAR=value):"
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
 	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
-	@echo "  HEAD_DIR=$(HEAD_DIR) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) MEM_BUDGET=$(MEM_BUDGET) GPU=$(GPU)"
+	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
+	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
+	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
+	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
-$(STAMP): requirements.txt constraints.txt
+$(BASE_STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt "$(TF_PACKAGE)"
-	@rm -f $(VENV)/.installed-*
+	@rm -f $(VENV)/.installed-cpu $(VENV)/.installed-gpu
 	@touch $@
 
-## install: create .venv with pinned dependencies (idempotent; GPU=1 installs tensorflow[and-cuda] instead of -cpu)
+$(SCALE_STAMP): $(BASE_STAMP) requirements-scale.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements-scale.txt
+	@touch $@
+
+## install: create .venv with pinned dependencies (idempotent; GPU=1: tensorflow[and-cuda] instead of -cpu; SCALE=1: + Ray)
 install: $(STAMP)
 
 ## data: unpack a Kaggle zip (ZIP=dogs-vs-cats.zip, nested zips included) into data/
@@ -75,17 +89,19 @@ data: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m extract.synth --out $(DEMO_DIR)/train --n $(DEMO_N) --layout kaggle --broken 4 --seed 1
 	$(PY) -m extract.synth --out $(DEMO_DIR)/test --n 20 --layout unlabelled --broken 1 --seed 2
-	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75
+	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75 LAYERS=mixed7,mixed6 AUG_VIEWS=2
 	$(MAKE) --no-print-directory head FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head EPOCHS=10
+	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune-cached EPOCHS=2 FROM_CACHE=1
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
 	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras OUT=$(DEMO_ART)/predictions.csv
 	$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv
 	@echo "demo done: artifacts in $(DEMO_ART)/"
 
-## features: stage 1, cache InceptionV3 LAYER features of DATA into FEATURES (resumable; no-op when up to date)
-features: $(STAMP)
+## features: stage 1, cache InceptionV3 LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N)
+features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
-	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) $(call opt,--batch,$(BATCH))
+	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
+	  --engine $(ENGINE) --shards $(SHARDS) $(call opt,--batch,$(BATCH))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
@@ -93,10 +109,11 @@ head: $(STAMP)
 	  --mem-budget $(MEM_BUDGET) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
-## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM into MODEL_DIR
+## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on cached mixed6)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
+	  --from-cache $(FROM_CACHE) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## predict: write OUT (path,prob_dog,label) for INPUT (an image or a folder) with MODEL
@@ -107,12 +124,12 @@ predict: $(STAMP)
 submission: $(STAMP)
 	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION)
 
-## bench: measure every stage against the recipe it replaces; writes artifacts/bench.json and bench.md
-bench: $(STAMP)
+## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md
+bench: $(STAMP) $(SCALE_STAMP)
 	$(PY) -m bench $(call opt,--n,$(BENCH_N))
 
-## test: the offline test suite (generated images, WEIGHTS=none, 75x75)
-test: $(STAMP)
+## test: the offline test suite (generated images, WEIGHTS=none, 75x75; installs the Ray extra that it tests)
+test: $(STAMP) $(SCALE_STAMP)
 	$(PY) -m pytest
 
 ## clean: remove artifacts/ and data/demo (keeps .venv and real data)

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     p.add_argument("--rss-rows", type=int, default=1500, help="rows of the 1x cache for the RSS test (4x is 4x)")
     p.add_argument("--mem-budget", default="64M", help="MEM_BUDGET for the RSS test: both caches exceed it")
+    p.add_argument("--ft-n", type=int, default=160,
+                   help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--skip-ray", action="store_true", help="leave out the Ray throughput figures (quick test)")
     p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
     p.add_argument("--out", default="artifacts/bench.json")
@@ -244,6 +246,11 @@ def markdown(res) -> str:
     r = res["rss"]
     lines.append(f"| head peak RSS | {r['head_peak_rss_mib_1x']:.0f} MiB on {r['cache_mib_1x']:.0f} MiB cache, "
                  f"{r['head_peak_rss_mib_4x']:.0f} MiB on {r['cache_mib_4x']:.0f} MiB | reported | |")
+    ft = res["cached_finetune"]
+    lines.append(f"| fine-tune epoch ({ft['n_train']} train + {ft['n_val']} val images) | end-to-end "
+                 f"{ft['end_to_end_epoch_s']:.1f} s, cached {ft['cached_epoch_s']:.2f} s | reported | |")
+    lines.append(f"| per cached view at mixed6 {tuple(ft['feature_shape'])} | disk {ft['disk_bytes_per_view'] / 2**10:.0f} "
+                 f"KiB, RAM {ft['ram_bytes_per_view'] / 2**10:.0f} KiB (float32 while training) | reported | |")
     for key, value in res.get("ray", {}).items():
         lines.append(f"| `{key}` | {value:.1f} | reported | |")
     if not res["machine"]["gpus"]:
@@ -287,12 +294,17 @@ def main(argv=None):
             res["ray"][f"ray_extract_end_to_end_img_s_{k}_workers"] = r["end_to_end_images_per_s"]
     except ImportError as e:
         res["ray_note"] = f"not measured: {e} (install with make install SCALE=1)"
+    from finetune.cached import cached_finetune_speedup
+
+    res["cached_finetune"] = ft = cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,
+                                                          a.batch, repeats=a.repeats)
     res["targets"] = {
         "extract_vs_forward": check("extract_vs_forward", ext["extract_vs_forward"]),
         "head_epoch_speedup": check("head_epoch_speedup", res["recipe_epoch_s"] / res["head_epoch_s"]),
         "first_head_speedup": check("first_head_speedup", 5 * res["recipe_epoch_s"] /
                                     (ext["extract_s"] + 5 * res["head_epoch_s"])),
         "head_rss_growth": check("head_rss_growth", res["rss"]["head_rss_growth"]),
+        "cached_finetune_speedup": check("cached_finetune_speedup", ft["cached_finetune_speedup"]),
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

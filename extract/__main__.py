@@ -6,6 +6,9 @@ Example: python -m extract --data data/train --features artifacts/features.h5 --
 
 Killed at any moment, the same command resumes from the last committed batch. With the same configuration and
 input files it is a quick no-op ("up to date"); any change rebuilds the cache.
+
+With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views of every train image at mixed6
+(extract/views.py) for cached fine-tuning: python -m extract --layers mixed6,mixed7 --aug-views 2 ...
 """
 import argparse
 import json
@@ -15,8 +18,8 @@ import time
 
 import numpy as np
 
-from cache import CacheWriter, SPLIT_NONE, cache_state, cli, fingerprint
-from extract import backbone, images
+from cache import CacheWriter, SPLIT_NONE, SPLIT_TRAIN, WorkflowError, cache_state, cli, fingerprint
+from extract import backbone, images, views
 
 
 def parse_args(argv=None):
@@ -31,6 +34,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="split seed (SEED)")
     p.add_argument("--batch", type=int, default=32, help="images per forward pass (BATCH)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored dtype (DTYPE)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: one process; ray: shards on Ray workers, RAY_ADDRESS or a local Ray (ENGINE)")
+    p.add_argument("--shards", type=int, default=2, help="shard files with --engine ray (SHARDS)")
+    p.add_argument("--aug-views", type=int, default=0,
+                   help=f"also cache K augmented views of each train image at {','.join(views.VIEW_LAYERS)} "
+                        f"(AUG_VIEWS; 0 = none)")
     return p.parse_args(argv)
 
 
@@ -49,12 +58,14 @@ def package_versions() -> dict:
 def resolve_config(a, imgs: images.ImageSet, weights_info: dict) -> dict:
     """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
     layers = [l.strip() for l in a.layers.split(",") if l.strip()]
+    # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
+    aug = {"augmentation": views.policy(a.aug_views, a.seed)} if getattr(a, "aug_views", 0) else {}
     return {
         "backbone": backbone.BACKBONE, "layer": layers[0], "layers": layers, "image_size": a.img_size,
         "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": a.dtype,
         "data": os.path.abspath(imgs.root), "layout": imgs.layout, "class_names": imgs.class_names,
         "n_inputs": len(imgs.paths), "inputs_fingerprint": imgs.files_fingerprint(),
-        "val_split": a.val_split, "split_seed": a.seed, **weights_info,
+        "val_split": a.val_split, "split_seed": a.seed, **weights_info, **aug,
     }
 
 
@@ -69,8 +80,28 @@ def make_forward(model):
     return tf.function(forward, reduce_retracing=True)
 
 
-def run_extraction(forward, layers, imgs, writer, start, img_size, batch):
-    """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds)."""
+def check_views(a, imgs: images.ImageSet, layers):
+    """AUG_VIEWS needs labelled data and the view layers among LAYERS."""
+    if a.aug_views < 0:
+        raise WorkflowError(f"AUG_VIEWS={a.aug_views}: must be >= 0 (0 = no augmented views), e.g. AUG_VIEWS=2")
+    if not a.aug_views:
+        return
+    need = [l for l in views.VIEW_LAYERS if l not in layers]
+    if need:
+        raise WorkflowError(f"AUG_VIEWS={a.aug_views}: views are cached at {','.join(views.VIEW_LAYERS)}, which "
+                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS=mixed6,mixed7 "
+                            f"AUG_VIEWS={a.aug_views}`")
+    if not imgs.labelled:
+        raise WorkflowError(f"AUG_VIEWS={a.aug_views}: DATA={imgs.root} is unlabelled, and views are made for "
+                            f"train images only; use AUG_VIEWS=0 for it")
+
+
+def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_extractor=None):
+    """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds).
+
+    `view_extractor` (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each
+    commit.
+    """
     from tqdm import tqdm
 
     t0, n_done, n_skip = time.perf_counter(), 0, 0
@@ -84,7 +115,12 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch):
         skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
         for i, r in skipped:
             tqdm.write(f"skipped {imgs.paths[i]}: {r}")
-        writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1)
+        extra = {}
+        if view_extractor is not None:  # train rows only, in row order: what CacheWriter.commit expects
+            train = ok & (writer.split[idx] == SPLIT_TRAIN)
+            extra["views"] = view_extractor(np.asarray(x)[:len(idx)][train], idx[train])
+        writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1,
+                      **extra)
         n_done += int(ok.sum())
         n_skip += len(skipped)
         bar.update(len(idx))
@@ -95,8 +131,16 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch):
 @cli
 def main(argv=None):
     a = parse_args(argv)
+    if a.aug_views and a.engine != "local":  # the shard writers store no views (yet)
+        raise WorkflowError(f"AUG_VIEWS={a.aug_views}: not available with ENGINE={a.engine}; use ENGINE=local")
+    if a.engine == "ray":
+        from extract.shard import run_sharded  # Ray is an optional extra: imported only when asked for
+
+        run_sharded(a)
+        return 0
     backbone.check_img_size(a.img_size)
     imgs = images.discover(a.data)
+    check_views(a, imgs, [l.strip() for l in a.layers.split(",") if l.strip()])
     split = (images.stratified_split(imgs.labels, a.val_split, a.seed) if imgs.labelled
              else np.full(len(imgs.paths), SPLIT_NONE, np.int8))
     weights_info = backbone.resolve_weights(a.weights)
@@ -113,13 +157,20 @@ def main(argv=None):
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
     provenance = {"backbone_digest": backbone.weights_digest(model), "versions": json.dumps(package_versions()),
                   "command": "make features"}
-    writer = CacheWriter(a.features, config, imgs.paths, imgs.labels, split, shapes, a.dtype, provenance)
+    view_shapes, extractor = {}, None
+    if a.aug_views:
+        view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}
+        # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
+        extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
+                                        a.aug_views, a.seed, a.batch)
+    writer = CacheWriter(a.features, config, imgs.paths, imgs.labels, split, shapes, a.dtype, provenance,
+                         view_shapes=view_shapes, n_views=a.aug_views)
     try:
         start = writer.start()
         if start:
             print(f"{a.features}: resuming at input {start}/{len(imgs.paths)}")
         n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
-                                            a.img_size, a.batch)
+                                            a.img_size, a.batch, view_extractor=extractor)
         summary = writer.finalize()
     finally:
         writer.close()

@@ -1,21 +1,27 @@
 """`make bench` keeps working: the harness on a handful of images (its figures mean nothing at this size)."""
 import json
 
+import numpy as np
+
 from conftest import run_module
 
 
 def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
-                   "--skip-ray", "--work", tmp_path / "work", "--out", out)
+                   "--ft-n", 24, "--skip-ray", "--work", tmp_path / "work", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["targets"]) == {"extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth"}
+    assert set(res["targets"]) == {"extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth",
+                                   "cached_finetune_speedup"}
     for t in res["targets"].values():
         assert t["value"] > 0 and isinstance(t["met"], bool)
     assert res["rss"]["head_peak_rss_mib_4x"] > 0 and res["rss"]["cache_mib_4x"] > 3 * res["rss"]["cache_mib_1x"]
     assert {"cpu", "cores", "gpus", "versions"} <= set(res["machine"])
     f = res["float16_vs_float32"]
     assert f["disk_mib_float16"] < f["disk_mib_float32"] and 0 <= f["head_float16"]["val_accuracy"] <= 1
+    ft = res["cached_finetune"]
+    assert ft["disk_bytes_per_view"] > 0 and ft["ram_bytes_per_view"] == 4 * np.prod(ft["feature_shape"])
+    assert len(ft["cached_epoch_s_runs"]) == len(ft["end_to_end_epoch_s_runs"]) == 2  # warm-up + 1 timed
     assert "| `head_epoch_speedup` |" in (tmp_path / "bench.md").read_text()
     assert not (tmp_path / "work").exists()  # scratch removed

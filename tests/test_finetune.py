@@ -1,0 +1,327 @@
+"""Stage 3: the rebuilt network reproduces the head, trains only what the rules say, keeps BN frozen, resumes after a kill."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_module
+
+HEAD_EPOCHS, HEAD_LR = 15, 1e-2  # random-init features are tiny (std ~1e-3): a large LR spreads P over 0..1
+
+
+def write_head(cache_path, head_dir, epochs=HEAD_EPOCHS, lr=HEAD_LR, seed=0):
+    """A stage-2 HEAD_DIR (head.keras + metrics.json in stage 2's contract), trained briefly on the cached features."""
+    import keras
+
+    from cache import SPLIT_TRAIN, open_cache
+    from classify.head import build_head
+
+    with open_cache(cache_path, need_labels=True) as c:
+        keras.utils.set_random_seed(seed)
+        head = build_head(c.feature_shape())
+        head.compile(keras.optimizers.Adam(lr), "binary_crossentropy")
+        tr = c.rows(SPLIT_TRAIN)
+        head.fit(c.read(tr), c.labels[tr].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
+        os.makedirs(head_dir, exist_ok=True)
+        head.save(os.path.join(head_dir, "head.keras"))
+        record = {"path": c.path, "fingerprint": c.fingerprint, "layer": c.layer,
+                  "feature_shape": list(c.feature_shape())}
+    with open(os.path.join(head_dir, "metrics.json"), "w") as f:
+        json.dump({"head": {}, "baseline": {}, "cache": record, "config": {"epochs": epochs, "lr": lr}}, f)
+    return head_dir
+
+
+def build_from_cache(cache_path, head_dir):
+    """(full model, cut backbone, open cache, loaded head) exactly as `python -m finetune` assembles them."""
+    from cache import open_cache
+    from finetune import model as fm
+
+    cache = open_cache(cache_path, need_labels=True)
+    model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), cache.layer,
+                                       cache.feature_shape(), cache.provenance["backbone_digest"], cache.path)
+    head_src = fm.load_head(head_dir)
+    fm.copy_head_weights(model.get_layer("head"), head_src, head_dir)
+    return model, trunk, cache, head_src
+
+
+@pytest.fixture(scope="module")
+def head_dir(cache_path, tmp_path_factory):
+    return write_head(cache_path, str(tmp_path_factory.mktemp("head")))
+
+
+@pytest.fixture(scope="module")
+def built(cache_path, head_dir):
+    model, trunk, cache, head_src = build_from_cache(cache_path, head_dir)
+    yield model, trunk, cache, head_src
+    cache.close()
+
+
+def ft_args(train_dir, cache_path, head_dir, model_dir, *extra):
+    return ["--data", str(train_dir), "--features", str(cache_path), "--head-dir", str(head_dir),
+            "--model-dir", str(model_dir), "--batch", "16", *extra]
+
+
+def run_main(argv, capsys):
+    """`python -m finetune` in this process: (exit code, stderr)."""
+    from finetune.__main__ import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+# -- the equivalence check -------------------------------------------------------------------------------
+def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
+    from cache import SPLIT_VAL
+    from finetune import train
+
+    model, _, cache, head_src = built
+    eq, p_full = train.equivalence_check(model, head_src, cache, cache.layer, str(train_dir), 16)
+    rows = cache.rows(SPLIT_VAL)
+    p_head = head_src.predict(cache.read(rows), verbose=0).ravel()
+    assert eq["n_val"] == len(rows) > 10
+    assert eq["max_abs_diff"] <= 1e-3
+    assert np.max(np.abs(p_full - p_head)) == pytest.approx(eq["max_abs_diff"])
+    assert eq["val_accuracy_full"] == eq["val_accuracy_head"] == np.mean((p_head >= 0.5) == cache.labels[rows])
+    assert p_full.std() > 0.2  # predictions spread over 0..1, so agreeing within 1e-3 is not a coincidence
+
+
+def test_equivalence_check_catches_a_changed_head(built, train_dir):
+    from finetune import train
+    from finetune.model import EquivalenceError
+
+    model, _, cache, head_src = built
+    out = model.get_layer("head").get_layer("head_output")
+    kernel, bias = out.get_weights()
+    out.set_weights([kernel, bias + 1.0])
+    try:
+        with pytest.raises(EquivalenceError, match="equivalence check failed"):
+            train.equivalence_check(model, head_src, cache, cache.layer, str(train_dir), 16)
+    finally:
+        out.set_weights([kernel, bias])
+
+
+def test_broken_head_stops_before_fine_tuning(train_dir, cache_path, head_dir, tmp_path, monkeypatch, capsys):
+    from finetune import model as fm
+
+    copy = fm.copy_head_weights
+
+    def copy_then_break(dst, src, where=""):  # as if the head's weights were mangled on the way into the network
+        copy(dst, src, where)
+        out = dst.get_layer("head_output")
+        kernel, bias = out.get_weights()
+        out.set_weights([kernel * -1.0, bias])
+
+    monkeypatch.setattr(fm, "copy_head_weights", copy_then_break)
+    model_dir = tmp_path / "ft"
+    code, err = run_main(ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1"), capsys)
+    assert code == 2
+    assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
+    assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
+
+
+def test_refuses_a_head_trained_on_another_cache(train_dir, cache_path, head_dir, tmp_path, capsys):
+    other = tmp_path / "other_head"
+    shutil.copytree(head_dir, other)
+    record = json.loads((other / "metrics.json").read_text())
+    record["cache"]["fingerprint"] = "0" * 64
+    record["cache"]["path"] = "elsewhere/features.h5"
+    (other / "metrics.json").write_text(json.dumps(record))
+    code, err = run_main(ft_args(train_dir, cache_path, other, tmp_path / "ft"), capsys)
+    assert code == 2
+    assert "trained on another cache" in err and "make head FEATURES=" in err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_refuses_a_backbone_whose_weights_differ_from_the_cache(built):
+    from cache import CacheMismatch
+    from finetune import model as fm
+
+    _, _, cache, _ = built
+    info = fm.resolve_cache_weights(cache)
+    with pytest.raises(CacheMismatch, match="holds other weights"):  # as if Keras or the weights file had changed
+        fm.build_full_model(cache.config, info, cache.layer, cache.feature_shape(), "0" * 64, cache.path)
+
+
+def test_refuses_data_that_is_not_the_cached_image_set(cache_path, head_dir, tmp_path, capsys):
+    from extract.synth import make_dataset
+
+    make_dataset(tmp_path / "imgs", n=10, layout="kaggle", seed=9)
+    code, err = run_main(ft_args(tmp_path / "imgs", cache_path, head_dir, tmp_path / "ft"), capsys)
+    assert code == 2 and "not the image set" in err
+
+
+# -- what is trained -------------------------------------------------------------------------------------
+def test_trainable_set_is_the_non_bn_layers_from_unfreeze_from(built):
+    from cache import WorkflowError
+    from finetune import model as fm
+
+    model, trunk, _, _ = built
+    names = [l.name for l in trunk.layers]
+    k = names.index("mixed6")
+    expected = {l.name for l in trunk.layers[k:] if type(l).__name__ != "BatchNormalization"} | {"head"}
+    fm.set_trainable(model, trunk, "mixed6")
+    assert {l.name for l in model.layers if l.trainable} == expected
+    # The mixed7 block has 10 convolutions (no bias in InceptionV3) and the head 2 kernels + 2 biases.
+    convs = [l for l in model.layers if l.trainable and type(l).__name__ == "Conv2D"]
+    assert len(convs) == 10 and all(names.index(l.name) > k for l in convs)
+    assert len(model.trainable_weights) == 10 + 4
+    assert all(not l.trainable for l in model.layers if type(l).__name__ == "BatchNormalization")
+
+    fm.set_trainable(model, trunk, "mixed7")  # nothing of the backbone is left to train after its last layer
+    assert len(model.trainable_weights) == 4
+    with pytest.raises(WorkflowError, match="UNFREEZE_FROM=mixed99"):
+        fm.set_trainable(model, trunk, "mixed99")
+    fm.set_trainable(model, trunk, "mixed6")
+
+
+def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
+    import keras
+
+    from cache import SPLIT_TRAIN
+    from finetune import data, model as fm, train
+
+    model, trunk, cache, _ = built
+    saved = model.get_weights()
+    try:
+        fm.set_trainable(model, trunk, "mixed6")
+        train.compile_for_finetuning(model, lr=1e-5, xla=False)
+        bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+        stats = {l.name: (l.moving_mean.numpy().tobytes(), l.moving_variance.numpy().tobytes()) for l in bns}
+        convs = {l.name: l.kernel.numpy().copy() for l in model.layers if isinstance(l, keras.layers.Conv2D)}
+        tr = cache.rows(SPLIT_TRAIN)[:32]
+        ds = data.labelled_dataset(str(train_dir), [cache.paths[i] for i in tr], cache.labels[tr], 75, 16,
+                                   seed=1, augment=True)
+        model.fit(ds, epochs=1, verbose=0, shuffle=False)
+
+        assert len(bns) > 50 and all(not l.trainable for l in bns)
+        assert {l.name: (l.moving_mean.numpy().tobytes(), l.moving_variance.numpy().tobytes()) for l in bns} == stats
+        changed = {n for n, k in convs.items() if not np.array_equal(k, model.get_layer(n).kernel.numpy())}
+        trained = {l.name for l in model.layers if l.trainable and isinstance(l, keras.layers.Conv2D)}
+        assert changed == trained and len(trained) == 10  # the epoch did train, and only the unfrozen convs
+        # Inference mode: a frozen BN normalises with its moving statistics even when called with training=True.
+        bn = bns[-1]  # in the unfrozen mixed7 block
+        x = np.random.default_rng(0).normal(3.0, 2.0, (4, 3, 3, bn.moving_mean.shape[0])).astype("float32")
+        np.testing.assert_array_equal(bn(x, training=True).numpy(), bn(x, training=False).numpy())
+    finally:
+        model.set_weights(saved)
+
+
+# -- the command, killed and resumed -----------------------------------------------------------------------
+def test_finetune_resumes_after_sigkill_and_writes_its_artifacts(train_dir, cache_path, head_dir, tmp_path):
+    from finetune.model import load_model
+
+    model_dir = tmp_path / "ft"
+    args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "3", "--seed", "7")
+    marker = model_dir / "_work" / "backup" / "training_metadata.json"  # BackupAndRestore writes it last
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ROOT})
+        deadline = time.time() + 300
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        still_running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = (tmp_path / "first.log").read_text()
+    assert marker.exists() and still_running, first[-3000:]
+    assert json.loads(marker.read_text())["epoch"] >= 1
+    assert not (model_dir / "model.keras").exists()
+
+    r = run_module("finetune", *args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming a killed run after epoch" in r.stdout
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["resumed_after_epoch"] >= 1
+    assert metrics["history"]["epoch"] == [0, 1, 2]  # every epoch once, across both processes
+    assert not (model_dir / "_work").exists()
+
+    assert metrics["reload_max_abs_diff"] <= 1e-3
+    assert metrics["equivalence"]["val_accuracy_full"] == metrics["equivalence"]["val_accuracy_head"]
+    for when in ("before", "after"):
+        assert set(metrics[when]) >= {"accuracy", "log_loss", "auc"} and metrics[when]["n"] > 10
+    assert metrics["before"]["accuracy"] == metrics["equivalence"]["val_accuracy_full"]
+    assert metrics["config"]["unfreeze_from"] == "mixed6" and metrics["config"]["lr"] == 1e-5
+    assert metrics["config"]["mixed_precision"] is False and metrics["config"]["xla"] is False
+    assert metrics["images_per_second"]["fit"] > 0
+    assert (model_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    model, meta = load_model(str(model_dir / "model.keras"))
+    assert meta["image_size"] == 75 and meta["class_names"] == ["cat", "dog"]
+    assert meta["config"]["run_fingerprint"] == metrics["config"]["run_fingerprint"]
+    assert model.input_shape == (None, 75, 75, 3) and model.output_shape == (None, 1)
+    with zipfile.ZipFile(model_dir / "model.keras") as z:  # weights only: no Adam moments riding along
+        assert z.getinfo("model.weights.h5").file_size < 1.1 * 4 * model.count_params()
+
+    again = run_module("finetune", *args)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+# -- several GPUs: MirroredStrategy, exercised on two logical CPU devices ------------------------------------------
+# A fresh process: logical devices can be configured only before TensorFlow initialises its runtime.
+MIRRORED = r"""
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+from extract import images
+from finetune import data, model as fm, train
+
+imgs = images.discover(sys.argv[1])
+ds = data.labelled_dataset(imgs.root, imgs.paths[:24], imgs.labels[:24], 75, 8)  # 3 steps, fixed order
+
+
+def run(strategy, w0=None):
+    class Losses(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(float(logs["loss"]))
+
+    seen = []
+    with strategy.scope():  # stage 3's own build, trainable rule and compile, as finetune/__main__.py runs them
+        model, trunk = fm.build_full_model({"image_size": 75}, {"weights": "none"}, "mixed7", (3, 3, 768))
+        if w0 is not None:
+            model.set_weights(w0)
+        # Dropout off: a replica draws masks for its half-batch, so masks (not the maths) would differ from one
+        # device; without it both runs compute the same gradient up to summation order.
+        model.get_layer("head").get_layer("head_dropout").rate = 0.0
+        fm.set_trainable(model, trunk, "mixed6")
+        train.compile_for_finetuning(model, 1e-3, xla=False)
+    w_start = model.get_weights()
+    model.fit(ds, epochs=1, verbose=0, callbacks=[Losses()])
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), w_start))
+    return seen, model.get_weights(), w_start, moved
+
+
+mirrored = train.make_strategy(["/cpu:0", "/cpu:1"])
+single = train.make_strategy()  # no GPU here: the default one-device strategy
+one, w_one, w0, moved_one = run(single)
+two, w_two, _, moved_two = run(mirrored, w0)
+print(json.dumps({"replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync],
+                  "kind": type(mirrored).__name__, "one": one, "two": two, "moved": [moved_one, moved_two],
+                  "weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_one, w_two))}))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir):
+    r = subprocess.run([sys.executable, "-c", MIRRORED, str(train_dir)], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["replicas"] == [1, 2] and res["kind"] == "MirroredStrategy"
+    one, two = np.array(res["one"]), np.array(res["two"])
+    assert len(one) == len(two) == 3 and np.isfinite(two).all()
+    assert one[-1] != one[0]  # the running loss changed: the steps really trained something
+    np.testing.assert_allclose(two, one, rtol=1e-4)
+    assert min(res["moved"]) > 1e-4  # Adam at 1e-3 moved the weights in both runs ...
+    assert res["weight_diff"] < 1e-2 * min(res["moved"])  # ... to the same place
