@@ -7,7 +7,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TF_VERSION := 2.21.0
-GPU ?= 0
+# GPU defaults to the variant already installed, so that a later `make features` never swaps TensorFlow back.
+GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,0)
 SCALE ?= 0
 TF_PACKAGE := $(if $(filter 1,$(GPU)),tensorflow[and-cuda]==$(TF_VERSION),tensorflow-cpu==$(TF_VERSION))
 BASE_STAMP := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
@@ -45,9 +46,10 @@ FROM_CACHE ?= 0
 MODEL ?= $(MODEL_DIR)/model.keras
 INPUT ?= data/test
 TEST ?= data/test
-OUT ?= artifacts/predictions.csv
+PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
+BENCH_N ?= 600
 # --- demo ---------------------------------------------------------------------------------------------------
 DEMO_DIR ?= data/demo
 DEMO_ART ?= artifacts/demo
@@ -65,11 +67,14 @@ help:
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
 	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
+	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
 $(BASE_STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# tensorflow-cpu and tensorflow[and-cuda] both own site-packages/tensorflow: remove the other one first
+	@if [ -e $(VENV)/.installed-$(if $(filter 1,$(GPU)),cpu,gpu) ]; then $(PY) -m pip uninstall -q -y tensorflow tensorflow-cpu; fi
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt "$(TF_PACKAGE)"
 	@rm -f $(VENV)/.installed-cpu $(VENV)/.installed-gpu
 	@touch $@
@@ -93,7 +98,7 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory head FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head EPOCHS=10
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune-cached EPOCHS=2 FROM_CACHE=1
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
-	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras OUT=$(DEMO_ART)/predictions.csv
+	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras PREDICTIONS=$(DEMO_ART)/predictions.csv
 	$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv
 	@echo "demo done: artifacts in $(DEMO_ART)/"
 
@@ -116,9 +121,9 @@ finetune: $(STAMP)
 	  --from-cache $(FROM_CACHE) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
-## predict: write OUT (path,prob_dog,label) for INPUT (an image or a folder) with MODEL
+## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL
 predict: $(STAMP)
-	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(OUT)
+	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS)
 
 ## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST
 submission: $(STAMP)
@@ -126,7 +131,7 @@ submission: $(STAMP)
 
 ## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md
 bench: $(STAMP) $(SCALE_STAMP)
-	$(PY) -m bench $(call opt,--n,$(BENCH_N))
+	$(PY) -m bench --n $(BENCH_N)
 
 ## test: the offline test suite (generated images, WEIGHTS=none, 75x75; installs the Ray extra that it tests)
 test: $(STAMP) $(SCALE_STAMP)

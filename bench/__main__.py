@@ -7,6 +7,7 @@ Every figure is the median of repeated timings with the warm-up (graph tracing) 
 throughput does not depend on the weights' values. Ratios compare runs on the same machine in the same process.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 
-from cache import SPLIT_TRAIN, SPLIT_VAL, CacheWriter, cli, open_cache
+from cache import SPLIT_TRAIN, SPLIT_VAL, CacheWriter, WorkflowError, cli, open_cache
 from extract import backbone, images
 from extract.__main__ import main as extract_main
 from extract.__main__ import make_forward, package_versions, run_extraction
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--ft-n", type=int, default=160,
                    help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--skip-ray", action="store_true", help="leave out the Ray throughput figures (quick test)")
+    p.add_argument("--device-figures", action="store_true",
+                   help="measure the GPU figures (fine-tuning images/s with and without mixed precision) even "
+                        "without a GPU: they are measured by default only where one is visible")
     p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
     p.add_argument("--out", default="artifacts/bench.json")
     return p.parse_args(argv)
@@ -55,7 +59,8 @@ def machine() -> dict:
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+            for d in tf.config.list_physical_devices("GPU")]
     return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "platform": platform.platform(),
             "versions": package_versions()}
 
@@ -147,13 +152,18 @@ def bench_recipe_epoch(a, cache_path, epochs):
 
 def run_head_cli(cache_path, head_dir, *extra) -> tuple:
     """`python -m classify` as a child process; return (metrics.json, peak RSS in MiB of that child alone)."""
+    import tempfile
+
     cmd = [sys.executable, "-m", "classify", "--features", cache_path, "--head-dir", head_dir, "--seed", "0", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child only, unlike RUSAGE_CHILDREN
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
+    # stderr to a file, not a pipe: nobody reads a pipe during wait4, and a full one would block the child.
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child only, unlike RUSAGE_CHILDREN
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
     with open(os.path.join(head_dir, "metrics.json")) as f:
         return json.load(f), usage.ru_maxrss / 1024  # Linux reports KiB
 
@@ -175,9 +185,14 @@ def random_cache(path, rows, shape, seed=0):
 
 def bench_rss(a, work, shape):
     """Peak RSS of head training on a cache above MEM_BUDGET, and on one 4x as large."""
+    from classify.data import parse_bytes
+
     out = {}
     for k in (1, 4):
         path = random_cache(os.path.join(work, f"rss-{k}x.h5"), a.rss_rows * k, shape, seed=k)
+        if os.path.getsize(path) <= parse_bytes(a.mem_budget):  # in memory, RSS would grow with the cache: no test
+            raise WorkflowError(f"--rss-rows {a.rss_rows}: the {k}x cache ({os.path.getsize(path) / 2**20:.0f} MiB) "
+                                f"fits MEM_BUDGET={a.mem_budget}; the RSS test needs both above it: raise --rss-rows")
         _, rss = run_head_cli(path, os.path.join(work, f"head-rss-{k}x"), "--mem-budget", a.mem_budget,
                               "--epochs", "1")
         out[f"head_peak_rss_mib_{k}x"] = rss
@@ -211,6 +226,29 @@ def bench_dtype(cache32, work, metrics32):
         for part in ("head", "baseline"):
             res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
     return res
+
+
+def bench_finetune_img_s(a, cache_path, mixed: bool) -> float:
+    """Images/s of an end-to-end fine-tuning epoch (stage 3's model, trainable set, compile and input pipeline) under
+    the float32 or the mixed_float16 policy: train images / the median epoch after a warm-up epoch."""
+    import keras
+
+    from finetune import data as fdata, model as fm, train
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        with open_cache(cache_path) as c:
+            model, trunk = fm.build_full_model(c.config, fm.resolve_cache_weights(c), c.layer, c.feature_shape())
+            tr = c.rows(SPLIT_TRAIN)
+            ds = fdata.labelled_dataset(c.config["data"], [c.paths[i] for i in tr], c.labels[tr], a.img_size,
+                                        a.batch, seed=0, augment=True)
+        fm.set_trainable(model, trunk, fm.UNFREEZE_FROM)
+        train.compile_for_finetuning(model, 1e-5, xla=False)
+        timer = EpochTimer()
+        model.fit(ds, epochs=1 + a.repeats, callbacks=[timer], verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return len(tr) / median(timer.seconds[1:])
 
 
 def read_history_seconds(head_dir):
@@ -253,7 +291,14 @@ def markdown(res) -> str:
                  f"KiB, RAM {ft['ram_bytes_per_view'] / 2**10:.0f} KiB (float32 while training) | reported | |")
     for key, value in res.get("ray", {}).items():
         lines.append(f"| `{key}` | {value:.1f} | reported | |")
-    if not res["machine"]["gpus"]:
+    if "ray_note" in res:
+        lines.append(f"| Ray extraction images/s | {res['ray_note']} | | |")
+    if "device" in res:
+        d = res["device"]
+        lines.append(f"| on {d['device']}: extraction / fine-tuning images/s | {d['extract_img_s']:.1f} / float32 "
+                     f"{d['finetune_img_s_float32']:.1f}, mixed_float16 {d['finetune_img_s_mixed_float16']:.1f} "
+                     f"| reported | |")
+    else:
         lines.append("| GPU extraction / fine-tuning images/s | not measured: no GPU on this machine | | |")
     return "\n".join(lines) + "\n"
 
@@ -282,9 +327,10 @@ def main(argv=None):
     res["float16_vs_float32"] = bench_dtype(cache32, work, head_m)
     with open_cache(cache32) as c:
         res["rss"] = bench_rss(a, work, c.feature_shape())
-    try:
-        if a.skip_ray:
-            raise ImportError("--skip-ray")
+    if a.skip_ray or importlib.util.find_spec("ray") is None:
+        res["ray_note"] = ("not measured: --skip-ray" if a.skip_ray else
+                           "not measured: Ray is not installed (make install SCALE=1)")
+    else:
         from extract import shard
 
         res["ray"] = {}
@@ -292,8 +338,11 @@ def main(argv=None):
             r = shard.throughput(data, work, k, a.img_size, a.batch)
             res["ray"][f"ray_extract_img_s_{k}_workers"] = r["images_per_s"]
             res["ray"][f"ray_extract_end_to_end_img_s_{k}_workers"] = r["end_to_end_images_per_s"]
-    except ImportError as e:
-        res["ray_note"] = f"not measured: {e} (install with make install SCALE=1)"
+    if res["machine"]["gpus"] or a.device_figures:
+        res["device"] = {"device": ", ".join(res["machine"]["gpus"]) or "CPU (forced by --device-figures)",
+                         "extract_img_s": ext["extract_img_s"],
+                         "finetune_img_s_float32": bench_finetune_img_s(a, cache32, mixed=False),
+                         "finetune_img_s_mixed_float16": bench_finetune_img_s(a, cache32, mixed=True)}
     from finetune.cached import cached_finetune_speedup
 
     res["cached_finetune"] = ft = cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,

@@ -14,6 +14,8 @@ entry per train row, in row order, allocated, committed and compacted with the r
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 
@@ -87,7 +89,9 @@ class CacheWriter:
         if os.path.exists(self.tmp):
             try:
                 f = h5py.File(self.tmp, "r+")
-                if f.attrs.get("fingerprint") == self.fp and f.attrs.get("format") == FORMAT:
+                # `_progress` goes during finalize: a partial without it was killed there, and is redone whole.
+                if (f.attrs.get("fingerprint") == self.fp and f.attrs.get("format") == FORMAT and "_progress" in f
+                        and "inputs_committed" in f.attrs):
                     self.f = f
                     if self.view_shapes and "_progress" in f:  # derived, not stored: no third counter to commit
                         done = f["_progress/row_input"][:int(f.attrs["rows_committed"])]
@@ -194,6 +198,42 @@ class CacheWriter:
         if self.f is not None:
             self.f.close()
             self.f = None
+
+
+class BackgroundCommits:
+    """`writer.commit` calls run in order on one thread, so that HDF5 writes overlap the next forward pass.
+
+    At most `depth` batches wait in the queue: a SIGKILL loses those and the one being written, never a committed
+    one. Leaving the `with` block waits for every queued commit, then re-raises a commit's error, if any.
+    """
+
+    def __init__(self, writer: CacheWriter, depth: int = 2):
+        self.writer, self.queue, self.error = writer, queue.Queue(depth), None
+        self.thread = threading.Thread(target=self._run, name="cache-commits", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after a failed commit nothing more is written: rows stay contiguous
+                try:
+                    self.writer.commit(*item[0], **item[1])
+                except BaseException as e:  # handed to the main thread, which raises it
+                    self.error = e
+
+    def commit(self, *args, **kwargs):
+        """Queue `writer.commit(*args, **kwargs)`; blocks while `depth` commits wait (the writer sets the pace)."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put((args, kwargs))
+
+    def __exit__(self, exc_type, *_):
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc_type is None:
+            raise self.error
 
 
 def _write_attrs(f, config, fp, provenance):
@@ -367,8 +407,9 @@ def open_cache(path, *, layer=None, need_labels=False, fix="make features") -> F
         n_tr, n_va = len(cache.rows(SPLIT_TRAIN)), len(cache.rows(SPLIT_VAL))
         if n_tr == 0 or n_va == 0:
             cache.close()
-            raise CacheMismatch(f"{path}: needs labelled train and val rows, has train={n_tr} val={n_va} "
-                                f"(an unlabelled folder?); rerun `{fix} DATA=<labelled images> FEATURES={path}`")
+            fix_it = (f"VAL_SPLIT=0 leaves no val rows; rerun `{fix} VAL_SPLIT=0.2 FEATURES={path}`" if n_tr else
+                      f"an unlabelled folder?; rerun `{fix} DATA=<labelled images> FEATURES={path}`")
+            raise CacheMismatch(f"{path}: needs labelled train and val rows, has train={n_tr} val={n_va} ({fix_it})")
     return cache
 
 

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from cache import CacheWriter, SPLIT_NONE, SPLIT_TRAIN, WorkflowError, cache_state, cli, fingerprint
+from cache import BackgroundCommits, CacheWriter, SPLIT_NONE, SPLIT_TRAIN, WorkflowError, cache_state, cli, fingerprint
 from extract import backbone, images, views
 
 
@@ -40,14 +40,19 @@ def parse_args(argv=None):
     p.add_argument("--aug-views", type=int, default=0,
                    help=f"also cache K augmented views of each train image at {','.join(views.VIEW_LAYERS)} "
                         f"(AUG_VIEWS; 0 = none)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if not [l for l in a.layers.split(",") if l.strip()]:
+        raise WorkflowError(f"LAYERS={a.layers!r}: name at least one layer, e.g. LAYERS=mixed7")
+    if a.batch < 1:
+        raise WorkflowError(f"BATCH={a.batch}: must be at least 1, e.g. BATCH=32")
+    return a  # SHARDS is checked against the number of images by extract.shard.run_sharded
 
 
 def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "pillow"):
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "h5py", "pillow", "scikit-learn", "ray"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -99,31 +104,33 @@ def check_views(a, imgs: images.ImageSet, layers):
 def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_extractor=None):
     """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds).
 
-    `view_extractor` (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each
-    commit.
+    Three stages overlap: tf.data decodes the next batches in parallel, the model runs this one, and a background
+    thread writes the previous ones to HDF5 (cache.BackgroundCommits). `view_extractor`
+    (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each commit.
     """
     from tqdm import tqdm
 
     t0, n_done, n_skip = time.perf_counter(), 0, 0
     bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(layers), unit="img")
-    for idx, x, ok, reason in images.image_dataset(imgs.root, imgs.paths, img_size, batch,
-                                                   np.arange(start, len(imgs.paths))):
-        idx, ok = idx.numpy(), ok.numpy()
-        if len(idx) < batch:  # pad the last batch: a new shape would retrace the whole graph (~5 s on a CPU)
-            x = np.concatenate([x.numpy(), np.zeros((batch - len(idx),) + tuple(x.shape[1:]), np.uint8)])
-        feats = [f[:len(idx)] for f in forward(x)]
-        skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
-        for i, r in skipped:
-            tqdm.write(f"skipped {imgs.paths[i]}: {r}")
-        extra = {}
-        if view_extractor is not None:  # train rows only, in row order: what CacheWriter.commit expects
-            train = ok & (writer.split[idx] == SPLIT_TRAIN)
-            extra["views"] = view_extractor(np.asarray(x)[:len(idx)][train], idx[train])
-        writer.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1,
-                      **extra)
-        n_done += int(ok.sum())
-        n_skip += len(skipped)
-        bar.update(len(idx))
+    with BackgroundCommits(writer) as commits:
+        for idx, x, ok, reason in images.image_dataset(imgs.root, imgs.paths, img_size, batch,
+                                                       np.arange(start, len(imgs.paths))):
+            idx, ok = idx.numpy(), ok.numpy()
+            if len(idx) < batch:  # pad the last batch: a new shape would retrace the whole graph (~5 s on a CPU)
+                x = np.concatenate([x.numpy(), np.zeros((batch - len(idx),) + tuple(x.shape[1:]), np.uint8)])
+            feats = [f[:len(idx)] for f in forward(x)]
+            skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+            for i, r in skipped:
+                tqdm.write(f"skipped {imgs.paths[i]}: {r}")
+            extra = {}
+            if view_extractor is not None:  # train rows only, in row order: what CacheWriter.commit expects
+                train = ok & (writer.split[idx] == SPLIT_TRAIN)
+                extra["views"] = view_extractor(np.asarray(x)[:len(idx)][train], idx[train])
+            commits.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1,
+                           **extra)
+            n_done += int(ok.sum())
+            n_skip += len(skipped)
+            bar.update(len(idx))
     bar.close()
     return n_done, n_skip, time.perf_counter() - t0
 
@@ -150,8 +157,10 @@ def main(argv=None):
     if state == "up-to-date":
         print(f"{a.features}: up to date ({len(imgs.paths)} inputs, fingerprint {fp[:12]}); nothing to do")
         return 0
-    if state != "missing":
-        print(f"{a.features}: {state} (configuration or input files changed); rebuilding")
+    if state == "stale":
+        print(f"{a.features}: stale (configuration or input files changed); rebuilding")
+    elif state == "unreadable":
+        print(f"{a.features}: unreadable as HDF5 (damaged?); rebuilding")
 
     model = backbone.build_backbone(a.img_size, config["layers"], weights_info)
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}

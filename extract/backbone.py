@@ -84,7 +84,11 @@ def build_inception(img_size: int, weights_info: dict):
     inp = keras.Input((img_size, img_size, 3), name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp)
     weights = None if weights_info["weights"] == "none" else weights_info["weights_file"]
-    base = keras.applications.InceptionV3(include_top=False, weights=weights, input_tensor=x)
+    try:
+        base = keras.applications.InceptionV3(include_top=False, weights=weights, input_tensor=x)
+    except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model
+        raise WorkflowError(f"WEIGHTS={weights}: not loadable as InceptionV3 no-top weights ({str(e)[:120]}); "
+                            f"pass {NOTOP_FILE} (Keras' published file), or WEIGHTS=imagenet") from None
     base.trainable = False
     return base
 

@@ -192,15 +192,18 @@ def _compute(job, todo, workers, cpus_per_worker):
     import ray
     import ray.data
 
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.wait_for_min_actors_s
     try:
         nodes = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]]
+        if not any(c > 0 for c, _ in nodes):
+            raise WorkflowError("the Ray cluster has no live node with CPUs; check `ray status`")
         pool = pool_plan(nodes, len(todo), workers, cpus_per_worker)
         # One block per shard, so that each shard is one task for one actor. One task in flight per actor: a
         # shard is minutes of work, and a second one queued behind it would wait while another actor sits idle.
         # Start every actor before handing out the first shard: else the first one up takes the shards while the
         # others still build their model, and a pool that does not fit the cluster fails with a timeout, not hangs.
-        ctx = ray.data.DataContext.get_current()
-        saved, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, ACTOR_START_TIMEOUT_S
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
         rows = ds.map_batches(ShardWorker, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"job": job},
                               compute=ray.data.ActorPoolStrategy(size=pool[0], max_tasks_in_flight_per_actor=1),
@@ -210,7 +213,7 @@ def _compute(job, todo, workers, cpus_per_worker):
         raise ShardFailed(f"Ray could not finish the shards ({last}; full log above); shards that finished are kept: "
                           f"fix the cause and rerun the same command, which recomputes only the rest") from None
     finally:
-        ray.data.DataContext.get_current().wait_for_min_actors_s = saved
+        ctx.wait_for_min_actors_s = saved
         if started:
             ray.shutdown()
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows], pool

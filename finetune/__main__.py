@@ -139,9 +139,10 @@ def run(a, cache) -> int:
     weights_info = fm.resolve_cache_weights(cache)
     layer = head_record["layer"]
     model, trunk = build(cache, weights_info, layer, mixed=False)
+    fm.trainable_names(trunk, a.unfreeze_from)  # a wrong UNFREEZE_FROM fails now, not after the equivalence pass
     head_src = fm.load_head(a.head_dir)
     fm.copy_head_weights(model.get_layer("head"), head_src, a.head_dir)
-    eq, p_before = train.equivalence_check(model, head_src, cache, layer, a.data, a.batch)
+    eq, p_before = train.equivalence_check(model, head_src, cache, layer, a.data, a.batch, head_record, a.head_dir)
     print(f"equivalence: {eq['n_val']} val images, max |P(full) - P(head on cache)| = {eq['max_abs_diff']:.2e} "
           f"<= {fm.RELOAD_TOL}, val accuracy {eq['val_accuracy_full']:.4f} both ({eq['seconds']:.1f}s, "
           f"{eq['images_per_second']:.1f} images/s)")

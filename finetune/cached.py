@@ -19,12 +19,13 @@ import time
 
 import numpy as np
 
-from cache import SPLIT_TRAIN, SPLIT_VAL, CacheMismatch, WorkflowError, epoch_windows, fingerprint, open_cache
+from cache import SPLIT_TRAIN, SPLIT_VAL, CacheMismatch, WorkflowError, fingerprint, open_cache
 from classify.data import Feeds
 from extract import images
 from extract.backbone import FEATURE_LAYER
 
 from . import model as fm, train
+from .train import predict_rows
 
 EXPORT_CHECK_ROWS = 64  # val images the saved model is checked on: a wrong or stale weight moves every prediction,
 # so a few dozen catch it, for seconds of full-network inference instead of a pass over the whole val set
@@ -95,19 +96,7 @@ class ViewFeeds(Feeds):
         return x
 
 
-def predict_rows(model, cache, layer, rows, batch: int) -> np.ndarray:
-    """P(class 1) of `model` on the cached `layer` features of `rows` (in that order), a chunk window at a time."""
-    forward, rows = train.forward_fn(model), np.asarray(rows, np.int64)
-    out = np.empty(len(rows))
-    where = {int(r): i for i, r in enumerate(rows)}
-    for w in epoch_windows(rows, cache.chunk_rows(layer), 0, 0):  # only for its chunk-aligned windows
-        x = cache.read(w, layer)
-        for lo in range(0, len(w), batch):
-            out[[where[int(r)] for r in w[lo:lo + batch]]] = forward(x[lo:lo + batch])
-    return out
-
-
-def block_equivalence(cached, head_src, cache, unfreeze_from, head_layer, batch: int):
+def block_equivalence(cached, head_src, cache, unfreeze_from, head_layer, batch: int, record=None, head_dir=""):
     """(report, P before fine-tuning): the cached model on val `unfreeze_from` features vs the stage-2 head on val
     `head_layer` features; raises EquivalenceError beyond RELOAD_TOL (the cache's layers and the rebuilt backbone
     disagree)."""
@@ -115,6 +104,7 @@ def block_equivalence(cached, head_src, cache, unfreeze_from, head_layer, batch:
     t0 = time.perf_counter()
     p_cached = predict_rows(cached, cache, unfreeze_from, rows, batch)
     p_head = predict_rows(head_src, cache, head_layer, rows, batch)
+    train.check_recorded_scores(p_head, cache.labels[rows], record or {}, head_dir)
     diff = float(np.max(np.abs(p_cached - p_head))) if len(rows) else 0.0
     if not diff <= fm.RELOAD_TOL:  # `not <=` also catches NaN
         raise fm.EquivalenceError(
@@ -207,7 +197,8 @@ def _run(a, cache) -> int:
         print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
         return 0
     model, trunk, cached, names, head_src = build_models(cache, a.head_dir, a.unfreeze_from, head_layer)
-    eq, p_before = block_equivalence(cached, head_src, cache, a.unfreeze_from, head_layer, a.batch)
+    eq, p_before = block_equivalence(cached, head_src, cache, a.unfreeze_from, head_layer, a.batch, head_record,
+                                     a.head_dir)
     print(f"equivalence: {eq['n_val']} val rows, max |P(block + head on {a.unfreeze_from}) - P(head on "
           f"{head_layer})| = {eq['max_abs_diff']:.2e} <= {fm.RELOAD_TOL} ({eq['seconds']:.1f}s)")
 

@@ -40,6 +40,7 @@ def labelled_dataset(root, paths, labels, size: int, batch: int, *, seed=None, a
     so the CPU prepares the next batch while the accelerator works on this one.
     """
     import tensorflow as tf
+    from tqdm import tqdm
 
     paths = list(paths)
     labels = np.asarray(labels, np.float32)
@@ -47,7 +48,7 @@ def labelled_dataset(root, paths, labels, size: int, batch: int, *, seed=None, a
     def _load(i):
         img, reason = images.try_load(os.path.join(root, paths[int(i)]), size)
         if reason:  # visible in the log, not fatal: one unreadable file must not end a long run
-            print(f"skipped {paths[int(i)]}: {reason}")
+            tqdm.write(f"skipped {paths[int(i)]}: {reason}")
         return img, np.float32(0.0 if reason else 1.0)
 
     def _decode(i):

@@ -49,8 +49,11 @@ def check_head_dir(head_dir, cache) -> dict:
             raise HeadMismatch(f"HEAD_DIR={head_dir}: no {os.path.basename(f)}; {retrain}")
     try:
         with open(metrics_file) as f:
-            record = json.load(f)["cache"]
+            metrics = json.load(f)
+        record = metrics["cache"]
         fp, shape = record["fingerprint"], tuple(record["feature_shape"])
+        # What stage 2 measured for head.keras on the val rows: proves later that the file is still that head.
+        record.update({k: metrics["head"][k] for k in ("val_accuracy", "val_log_loss") if k in metrics.get("head", {})})
         record.setdefault("layer", cache.layer)  # stage 2 may train on any cached layer (LAYER); the cut follows it
     except (ValueError, KeyError, TypeError) as e:
         raise HeadMismatch(f"{metrics_file}: no cache record ({type(e).__name__}: {e}); {retrain}") from None

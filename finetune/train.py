@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from cache import SPLIT_VAL
+from cache import SPLIT_VAL, epoch_windows
 from extract import images
 
 from .model import RELOAD_TOL, EquivalenceError
@@ -43,15 +43,46 @@ def predict_labelled(model, ds):
     return (np.concatenate(ys), np.concatenate(ps)) if ps else (np.zeros(0), np.zeros(0))
 
 
-def equivalence_check(model, head_src, cache, layer, data_root, batch: int):
+def predict_rows(model, cache, layer, rows, batch: int) -> np.ndarray:
+    """P(class 1) of `model` on the cached `layer` features of `rows` (in that order), a chunk window at a time."""
+    forward, rows = forward_fn(model), np.asarray(rows, np.int64)
+    out = np.empty(len(rows))
+    where = {int(r): i for i, r in enumerate(rows)}
+    for w in epoch_windows(rows, cache.chunk_rows(layer), 0, 0):  # only for its chunk-aligned windows
+        x = cache.read(w, layer)
+        for lo in range(0, len(w), batch):
+            out[[where[int(r)] for r in w[lo:lo + batch]]] = forward(x[lo:lo + batch])
+    return out
+
+
+def check_recorded_scores(p_head, y, record: dict, head_dir):
+    """head.keras must score on the cached val features what stage 2 recorded for it (metrics.json): else the file
+    was replaced, e.g. by a head trained on another cache, and the record that vouches for it describes another head.
+
+    Both sides of the equivalence check use head.keras, so this is the part that ties it to stage 2's run."""
+    if "val_log_loss" not in record:
+        return
+    s, n = scores(y, p_head), max(len(y), 1)
+    if abs(s["log_loss"] - record["val_log_loss"]) > RELOAD_TOL * max(1.0, record["val_log_loss"]) or \
+            abs(s["accuracy"] - record["val_accuracy"]) > 1.0 / n:
+        raise EquivalenceError(
+            f"equivalence check failed, not fine-tuning: {os.path.join(head_dir, 'head.keras')} scores val log loss "
+            f"{s['log_loss']:.4f} and accuracy {s['accuracy']:.4f} on the cached features, but stage 2 recorded "
+            f"{record['val_log_loss']:.4f} and {record['val_accuracy']:.4f} for the head it trained: the file is "
+            f"not that head (copied from another run?); retrain it with `make head HEAD_DIR={head_dir}`")
+
+
+def equivalence_check(model, head_src, cache, layer, data_root, batch: int, record=None, head_dir=""):
     """Full model on DATA's val images vs the stage-2 head on the cached features: (report, full-model P(class 1)).
 
-    Raises EquivalenceError when they differ by more than RELOAD_TOL or disagree on val accuracy.
+    Raises EquivalenceError when they differ by more than RELOAD_TOL or disagree on val accuracy, or when the head
+    does not reproduce the val scores of stage 2's `record` (check_recorded_scores).
     """
     rows = cache.rows(SPLIT_VAL)
     paths, y = [cache.paths[i] for i in rows], cache.labels[rows]
     t0 = time.perf_counter()
-    p_head = np.asarray(head_src.predict(cache.read(rows, layer), batch_size=batch, verbose=0), np.float64).reshape(-1)
+    p_head = predict_rows(head_src, cache, layer, rows, batch)  # streamed: val features can be GBs at 150 px
+    check_recorded_scores(p_head, y, record or {}, head_dir)
     p_full, broken = np.full(len(rows), np.nan), []
     size, forward = cache.config["image_size"], forward_fn(model)
     for idx, x, ok, reason in images.image_dataset(data_root, paths, size, batch):
@@ -159,6 +190,8 @@ def make_callbacks(w: dict, resume_epoch: int, patience: int):
     """Callbacks in commit order (see module docstring), seeded with the epochs a killed run already logged."""
     import keras
 
+    from classify.train import SaveBest
+
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         """EarlyStopping whose patience counter survives a restart: it replays the logged val_loss values."""
 
@@ -175,9 +208,9 @@ def make_callbacks(w: dict, resume_epoch: int, patience: int):
     past = [v for e, v in zip(hist.get("epoch", []), hist.get("val_loss", [])) if e < resume_epoch]
     logged = hist.get("val_loss", [])
     return [
-        keras.callbacks.ModelCheckpoint(w["best"], monitor="val_loss", mode="min", save_best_only=True,
-                                        save_weights_only=True,
-                                        initial_value_threshold=min(logged) if logged else None),
+        # Stage 2's atomic checkpoint (temp file + rename): ModelCheckpoint writes in place, so a SIGKILL mid-write
+        # would leave a corrupt "best" that the resumed run then loads.
+        SaveBest(w["best"], min(logged) if logged else np.inf),
         keras.callbacks.CSVLogger(w["history"], append=True),
         ResumableEarlyStopping(monitor="val_loss", mode="min", patience=patience, verbose=1),
         # double_checkpoint: a kill while writing the backup falls back to the previous one. delete_checkpoint

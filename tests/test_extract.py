@@ -137,14 +137,16 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a.read(np.arange(len(a))), b.read(np.arange(len(b))), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("missing", "no such folder"),
-    ("empty", "no images found"),
-    ("one_class", "one class"),
-    ("small", "at least 75"),
-    ("layer", "no such layer"),
-    ("splits", "look like splits"),
-    ("bad_weights", "md5 does not match"),
+@pytest.mark.parametrize("case, expect", [  # what went wrong, then the fix the message must hold
+    ("missing", ["no such folder", "kaggle competitions download -c dogs-vs-cats", "make demo"]),
+    ("empty", ["no images found", "make data ZIP="]),
+    ("one_class", ["one class", "add the other class"]),
+    ("small", ["at least 75", "IMG_SIZE=150"]),
+    ("layer", ["no such layer", "choose one of mixed0"]),
+    ("splits", ["look like splits", "DATA="]),
+    ("bad_weights", ["md5 does not match", "WEIGHTS=none"]),
+    ("other_weights", ["not loadable as InceptionV3", "WEIGHTS=imagenet"]),
+    ("batch", ["BATCH=0", "BATCH=32"]),
 ])
 def test_user_errors_exit_2_with_the_fix_and_no_traceback(tmp_path, case, expect):
     d = tmp_path / "d"
@@ -159,7 +161,10 @@ def test_user_errors_exit_2_with_the_fix_and_no_traceback(tmp_path, case, expect
         (d / "dogs").rmdir()
     elif case == "small":
         args[args.index("--img-size") + 1] = "60"
-    elif case in ("layer", "splits", "bad_weights"):
+    elif case == "batch":
+        make_dataset(d, n=6)
+        args[args.index("--batch") + 1] = "0"
+    elif case in ("layer", "splits", "bad_weights", "other_weights"):
         make_dataset(d / "train" if case == "splits" else d, n=6)
         if case == "splits":
             make_dataset(d / "test", n=4, layout="unlabelled")
@@ -169,16 +174,25 @@ def test_user_errors_exit_2_with_the_fix_and_no_traceback(tmp_path, case, expect
             bad = tmp_path / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
             bad.write_bytes(b"truncated download")
             args[args.index("--weights") + 1] = str(bad)
+        if case == "other_weights":  # any other name is not md5-checked: loading it must still fail cleanly
+            bad = tmp_path / "my_weights.h5"
+            bad.write_bytes(b"not an HDF5 file")
+            args[args.index("--weights") + 1] = str(bad)
     r = run_module("extract", *args)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert expect in r.stderr and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    for part in expect:
+        assert part in r.stderr, r.stderr
 
 
 def test_imagenet_offline_says_where_to_put_the_weights(tmp_path):
     make_dataset(tmp_path / "d", n=4)
     args = extract_args(tmp_path / "d", tmp_path / "f.h5")
     args[args.index("--weights") + 1] = "imagenet"
-    r = run_module("extract", *args, env={"KERAS_HOME": str(tmp_path / "keras")})
+    # A closed local port as the proxy: offline even on a machine with internet access (urllib honours it).
+    offline = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    r = run_module("extract", *args, env={"KERAS_HOME": str(tmp_path / "keras"), "no_proxy": "", "NO_PROXY": "",
+                                          **offline})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "WEIGHTS=none" in r.stderr and str(tmp_path / "keras" / "models") in r.stderr
 

@@ -20,8 +20,9 @@ def write_head(cache_path, head_dir, epochs=HEAD_EPOCHS, lr=HEAD_LR, seed=0):
     """A stage-2 HEAD_DIR (head.keras + metrics.json in stage 2's contract), trained briefly on the cached features."""
     import keras
 
-    from cache import SPLIT_TRAIN, open_cache
+    from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
     from classify.head import build_head
+    from classify.report import binary_metrics
 
     with open_cache(cache_path, need_labels=True) as c:
         keras.utils.set_random_seed(seed)
@@ -29,12 +30,14 @@ def write_head(cache_path, head_dir, epochs=HEAD_EPOCHS, lr=HEAD_LR, seed=0):
         head.compile(keras.optimizers.Adam(lr), "binary_crossentropy")
         tr = c.rows(SPLIT_TRAIN)
         head.fit(c.read(tr), c.labels[tr].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
+        va = c.rows(SPLIT_VAL)
+        scores = binary_metrics(c.labels[va], head.predict(c.read(va), verbose=0))  # as stage 2 records them
         os.makedirs(head_dir, exist_ok=True)
         head.save(os.path.join(head_dir, "head.keras"))
         record = {"path": c.path, "fingerprint": c.fingerprint, "layer": c.layer,
                   "feature_shape": list(c.feature_shape())}
     with open(os.path.join(head_dir, "metrics.json"), "w") as f:
-        json.dump({"head": {}, "baseline": {}, "cache": record, "config": {"epochs": epochs, "lr": lr}}, f)
+        json.dump({"head": scores, "baseline": {}, "cache": record, "config": {"epochs": epochs, "lr": lr}}, f)
     return head_dir
 
 
@@ -90,7 +93,7 @@ def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
     p_head = head_src.predict(cache.read(rows), verbose=0).ravel()
     assert eq["n_val"] == len(rows) > 10
     assert eq["max_abs_diff"] <= 1e-3
-    assert np.max(np.abs(p_full - p_head)) == pytest.approx(eq["max_abs_diff"])
+    assert np.max(np.abs(p_full - p_head)) == pytest.approx(eq["max_abs_diff"], abs=1e-6)  # predict() vs traced
     assert eq["val_accuracy_full"] == eq["val_accuracy_head"] == np.mean((p_head >= 0.5) == cache.labels[rows])
     assert p_full.std() > 0.2  # predictions spread over 0..1, so agreeing within 1e-3 is not a coincidence
 
@@ -124,6 +127,33 @@ def test_broken_head_stops_before_fine_tuning(train_dir, cache_path, head_dir, t
     monkeypatch.setattr(fm, "copy_head_weights", copy_then_break)
     model_dir = tmp_path / "ft"
     code, err = run_main(ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1"), capsys)
+    assert code == 2
+    assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
+    assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
+
+
+def test_equivalence_fails_for_a_head_from_another_cache(train_dir, cache_path, head_dir, tmp_path, capsys):
+    """head.keras of another cache (same feature shape) dropped into this HEAD_DIR: its metrics.json still names this
+    cache, so the fingerprint check passes, and the equivalence check must catch it. Both sides of the comparison
+    use head.keras, so it is the scores that stage 2 recorded for its head that expose the swap. (The other cache's
+    labels are swapped, so that its head surely predicts something else.)"""
+    from extract.__main__ import main as extract_main
+    from extract.synth import make_dataset
+
+    from conftest import extract_args
+
+    make_dataset(tmp_path / "other", n=40, layout="kaggle", seed=11, junk=False)
+    for f in (tmp_path / "other").iterdir():
+        kind, rest = f.name.split(".", 1)
+        f.rename(f.with_name(f"{'dog' if kind == 'cat' else 'cat'}.{rest}"))
+    other_cache = tmp_path / "other.h5"
+    assert extract_main(extract_args(tmp_path / "other", other_cache)) == 0
+    other_head = write_head(other_cache, str(tmp_path / "other_head"))
+    mixed = tmp_path / "mixed_head"
+    shutil.copytree(head_dir, mixed)
+    shutil.copy(os.path.join(other_head, "head.keras"), mixed / "head.keras")
+    model_dir = tmp_path / "ft"
+    code, err = run_main(ft_args(train_dir, cache_path, mixed, model_dir, "--epochs", "1"), capsys)
     assert code == 2
     assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
     assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
@@ -307,15 +337,22 @@ mirrored = train.make_strategy(["/cpu:0", "/cpu:1"])
 single = train.make_strategy()  # no GPU here: the default one-device strategy
 one, w_one, w0, moved_one = run(single)
 two, w_two, _, moved_two = run(mirrored, w0)
-print(json.dumps({"replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync],
-                  "kind": type(mirrored).__name__, "one": one, "two": two, "moved": [moved_one, moved_two],
-                  "weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_one, w_two))}))
+res = {"replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync], "kind": type(mirrored).__name__,
+       "one": one, "two": two, "moved": [moved_one, moved_two],
+       "weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_one, w_two))}
+# Then the command itself, as it runs where 2 GPUs are visible: make_strategy() finds these two devices instead.
+from finetune.__main__ import main
+train.make_strategy = lambda devices=None: mirrored
+res["exit"] = main(sys.argv[2:])
+print(json.dumps(res))
 """
 
 
-def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir):
-    r = subprocess.run([sys.executable, "-c", MIRRORED, str(train_dir)], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir, cache_path, head_dir, tmp_path):
+    model_dir = tmp_path / "ft"
+    args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1")
+    r = subprocess.run([sys.executable, "-c", MIRRORED, str(train_dir), *args], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["replicas"] == [1, 2] and res["kind"] == "MirroredStrategy"
@@ -325,3 +362,12 @@ def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir):
     np.testing.assert_allclose(two, one, rtol=1e-4)
     assert min(res["moved"]) > 1e-4  # Adam at 1e-3 moved the weights in both runs ...
     assert res["weight_diff"] < 1e-2 * min(res["moved"])  # ... to the same place
+    # `make finetune` under the strategy: the replicated copy trained, the float32 single-device model was saved
+    assert res["exit"] == 0 and "2 replica(s) x 8 images" in r.stdout, r.stdout[-3000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["config"]["replicas"] == 2 and metrics["config"]["per_replica_batch"] == 8
+    assert metrics["reload_max_abs_diff"] <= 1e-3 and np.isfinite(metrics["history"]["loss"]).all()
+    from finetune.model import load_model
+
+    model, _ = load_model(str(model_dir / "model.keras"))
+    assert model.dtype_policy.name == "float32"
