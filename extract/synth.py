@@ -48,7 +48,7 @@ def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, j
 
     `size` is the (min, max) side in pixels, drawn per image. `broken` adds undecodable files (zero bytes,
     truncated JPEG, text, random bytes) that must be skipped; `junk` adds files to ignore (Thumbs.db,
-    .DS_Store, a .txt); `odd` adds decodable oddities (grayscale, CMYK, RGBA, a PNG named .jpg, upper-case
+    .DS_Store, a .txt, a .csv); `odd` adds decodable oddities (grayscale, CMYK, RGBA, a PNG named .jpg, upper-case
     extension, progressive JPEG, tiny and huge images) that must all be cached.
     """
     if layout not in LAYOUTS:
@@ -96,6 +96,7 @@ def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, j
             put(os.path.join(d, "Thumbs.db"), rng.bytes(512))
             put(os.path.join(d, ".DS_Store"), rng.bytes(64))
         put("readme.txt", b"synthetic dogs-vs-cats images\n")
+        put("labels.csv", b"id,label\n1,0.5\n")  # Kaggle zips ship sampleSubmission.csv beside the images
     return written
 
 

@@ -26,11 +26,19 @@ PATIENCE = 3  # epochs without a better val_loss before stopping; at LR 1e-5 pro
 
 
 def forward_fn(model):
-    """`model` in inference mode on a batch of RGB 0..255 images (any dtype), as one traced function."""
+    """`model` in inference mode on a batch (RGB 0..255 images or features, any dtype): P(class 1) as float64.
+
+    One traced graph per model, for any batch size (the signature leaves it open), kept on the model: a fresh
+    tf.function per call, or one per batch size, would trace the network again each time.
+    """
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(tf.cast(x, tf.float32), training=False), reduce_retracing=True)
-    return lambda x: np.asarray(fn(x), np.float64).reshape(-1)
+    fn = getattr(model, "_dogcat_forward", None)
+    if fn is None:
+        spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        object.__setattr__(model, "_dogcat_forward", fn)  # past Keras' attribute tracking: not part of the model
+    return lambda x: np.asarray(fn(tf.cast(x, tf.float32)), np.float64).reshape(-1)
 
 
 def predict_labelled(model, ds):

@@ -9,7 +9,7 @@ from conftest import run_module
 def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
-                   "--ft-n", 24, "--skip-ray", "--device-figures", "--work", tmp_path / "work", "--out", out)
+                   "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--work", tmp_path / "work", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert set(res["targets"]) == {"extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth",
@@ -22,6 +22,7 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert f["disk_mib_float16"] < f["disk_mib_float32"] and 0 <= f["head_float16"]["val_accuracy"] <= 1
     assert res["device"]["finetune_img_s_float32"] > 0 and res["device"]["finetune_img_s_mixed_float16"] > 0
     assert res["ray_note"] == "not measured: --skip-ray"
+    assert res["baseline_at_scale"]["rows"] == 200 and res["baseline_at_scale"]["seconds"] > 0
     ft = res["cached_finetune"]
     assert ft["disk_bytes_per_view"] > 0 and ft["ram_bytes_per_view"] == 4 * np.prod(ft["feature_shape"])
     assert len(ft["cached_epoch_s_runs"]) == len(ft["end_to_end_epoch_s_runs"]) == 2  # warm-up + 1 timed

@@ -200,7 +200,7 @@ def test_imagenet_offline_says_where_to_put_the_weights(tmp_path):
 def test_discover_ignores_junk_and_mixed_flat_folders_are_an_error(tmp_path):
     make_dataset(tmp_path / "d", n=6, junk=True)
     s = discover(tmp_path / "d")
-    assert s.layout == "kaggle-flat" and len(s.paths) == 6 and s.ignored == 3
+    assert s.layout == "kaggle-flat" and len(s.paths) == 6 and s.ignored == 4  # Thumbs.db .DS_Store .txt .csv
     (tmp_path / "d" / "7.jpg").write_bytes((tmp_path / "d" / "cat.0.jpg").read_bytes())
     from cache import WorkflowError
 
