@@ -122,7 +122,7 @@ def prepare_resume(head_dir, identity: dict) -> int:
     return 0
 
 
-def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto"):
+def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto", xla=True):
     """Fit the head on `feeds`; return (the best-val-loss head, taking raw features, and every epoch's history)."""
     import tensorflow as tf
 
@@ -134,7 +134,10 @@ def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dic
     before = read_history(history_path)
 
     model = build_head(feeds.shape)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy",
+    # XLA by default, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the
+    # 38.5M weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row
+    # epoch on 2 cores; fused by XLA, the epoch took 1.8 s (same batches, same result up to float rounding).
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy", jit_compile=xla,
                   metrics=["accuracy"])
     callbacks = [
         EpochFeed(feeds),  # first: the epoch must be set before the iterator starts, and seconds logged
