@@ -33,6 +33,8 @@ def parse_args(argv=None):
     # overshot: val loss 12.3 after epoch 1 at BATCH=64, where 1e-4 fell steadily.
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (LR)")
     p.add_argument("--seed", type=int, default=42, help="weights init, dropout and shuffling (SEED)")
+    p.add_argument("--deterministic", type=int, default=1, choices=[0, 1],
+                   help="op determinism: the same SEED gives the same weights bit for bit, at ~2.5x the epoch time")
     p.add_argument("--xla", type=int, default=1, choices=[0, 1],
                    help="compile the head's train step with XLA: ~3x faster epochs on a CPU (see classify/train.py)")
     p.add_argument("--mem-budget", default="2G",
@@ -87,7 +89,8 @@ def run_head(cache, a, tr, va, head_dir, scale, in_memory, identity):
     t0 = time.perf_counter()
     feeds = data.Feeds(cache, a.layer, tr, va, a.batch, a.seed, scale, in_memory)
     load_s = time.perf_counter() - t0
-    head, history = train.train_head(feeds, a.epochs, a.lr, a.seed, head_dir, identity, xla=bool(a.xla))
+    head, history = train.train_head(feeds, a.epochs, a.lr, a.seed, head_dir, identity, xla=bool(a.xla),
+                                     deterministic=bool(a.deterministic))
     p = head.predict(feeds.val(raw=True), verbose=0)
     with report.replacing(os.path.join(head_dir, "head.keras")) as tmp:
         head.save(tmp)
@@ -131,6 +134,7 @@ def main(argv=None):
         config = {"features": os.path.abspath(a.features), "head_dir": os.path.abspath(a.head_dir),
                   "layer": a.layer, "epochs": a.epochs, "batch": a.batch, "lr": a.lr, "seed": a.seed,
                   "mem_budget": a.mem_budget, "mem_budget_bytes": budget, "optimizer": "adam", "xla": bool(a.xla),
+                  "deterministic": bool(a.deterministic),
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "
                                         "folded into head_dense's kernel: head.keras takes raw features",

@@ -122,12 +122,14 @@ def prepare_resume(head_dir, identity: dict) -> int:
     return 0
 
 
-def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto", xla=True):
+def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto", xla=True,
+               deterministic=True):
     """Fit the head on `feeds`; return (the best-val-loss head, taking raw features, and every epoch's history)."""
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # initial weights and dropout masks
-    tf.config.experimental.enable_op_determinism()  # same SEED, same batches -> same weights, bit for bit
+    if deterministic:  # same SEED, same batches -> same weights, bit for bit; it cost 2.5x per epoch (see README)
+        tf.config.experimental.enable_op_determinism()
     start = prepare_resume(head_dir, identity)
     state, history_path = os.path.join(head_dir, "resume"), os.path.join(head_dir, "history.csv")
     best_path = os.path.join(state, "best.weights.h5")

@@ -12,7 +12,6 @@ precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from cached
 views (finetune/cached.py; a tenth of the work per step, for CPUs).
 """
 import argparse
-import json
 import os
 import time
 
@@ -83,13 +82,6 @@ def resolve_config(a, cache, head_record, gpus, replicas=1) -> dict:
                                    "weights_file", "weights_sha256", "class_names", "val_split", "split_seed")}}
 
 
-def up_to_date(path, run_fp) -> bool:
-    try:
-        return os.path.exists(path) and fm.read_meta(path)["config"]["run_fingerprint"] == run_fp
-    except (WorkflowError, KeyError):
-        return False
-
-
 def build(cache, weights_info, layer, mixed: bool):
     """The full model, built under the float32 or the mixed_float16 policy (then reset to float32)."""
     import keras
@@ -133,7 +125,7 @@ def run(a, cache) -> int:
     if cfg["mixed_precision"] and not gpus:
         print("note: MIXED_PRECISION=on without a GPU: CPUs emulate float16, expect it to be slower than off")
     model_path = os.path.join(a.model_dir, "model.keras")
-    if up_to_date(model_path, cfg["run_fingerprint"]):
+    if train.up_to_date(a.model_dir, cfg["run_fingerprint"]):
         print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
         return 0
     weights_info = fm.resolve_cache_weights(cache)
@@ -192,17 +184,8 @@ def run(a, cache) -> int:
                "images_per_second": {"fit": n_epochs_here * len(tr) / fit_s if fit_s else 0.0,
                                      "equivalence_check": eq["images_per_second"]},
                "config": cfg}
-    meta = {"image_size": size, "class_names": cache.class_names, "positive_class": cache.class_names[1],
-            "input": "raw RGB 0..255, float32, (image_size, image_size, 3); preprocessing is the model's first layer",
-            "config": cfg, "before": before, "after": after, "reload_max_abs_diff": eq["max_abs_diff"]}
-    # model.keras last: it is what `up to date` looks for, so it must not exist without its metrics and curves
-    train.plot_curves(history, os.path.join(a.model_dir, "curves.png"),
-                      f"fine-tuning from {a.unfreeze_from}, LR {a.lr:g}, {size}px, {cache.config['weights']} weights")
-    with open(os.path.join(a.model_dir, "metrics.json.partial"), "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(os.path.join(a.model_dir, "metrics.json.partial"), os.path.join(a.model_dir, "metrics.json"))
-    fm.save_model(model, model_path, meta)
-    train.clear_work_dir(w)
+    train.write_artifacts(model, a.model_dir, w, metrics, cache, f"fine-tuning from {a.unfreeze_from}, LR {a.lr:g}, "
+                          f"{size}px, {cache.config['weights']} weights")
     print(f"{model_path}: {len(history['epoch'])} epochs (best {best_epoch + 1}) on {len(tr)} images, this run "
           f"{n_epochs_here} in {fit_s:.1f}s, {metrics['images_per_second']['fit']:.1f} images/s; val accuracy "
           f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}, log loss {before['log_loss']:.4f} -> "

@@ -13,7 +13,6 @@ full model's layers: training it trains the full model, and exporting is saving 
 and early stopping are stage 3's (finetune/train.py); only the input differs: each epoch every train image is one
 view drawn uniformly from its clean features and its K cached views; validation uses the clean view.
 """
-import json
 import os
 import time
 
@@ -189,11 +188,7 @@ def _run(a, cache) -> int:
         print("note: cached fine-tuning runs in float32; MIXED_PRECISION applies to the end-to-end path")
     cfg = resolve_config(a, cache, head_record)
     model_path = os.path.join(a.model_dir, "model.keras")
-    try:
-        done = fm.read_meta(model_path)["config"]["run_fingerprint"] == cfg["run_fingerprint"]
-    except (WorkflowError, KeyError):
-        done = False
-    if done:
+    if train.up_to_date(a.model_dir, cfg["run_fingerprint"]):
         print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
         return 0
     model, trunk, cached, names, head_src = build_models(cache, a.head_dir, a.unfreeze_from, head_layer)
@@ -235,19 +230,9 @@ def _run(a, cache) -> int:
                "resumed_after_epoch": resume_epoch, "trainable_layers": names,
                "seconds": {"fit_this_run": fit_s, "total_this_run": time.perf_counter() - t_start},
                "images_per_second": {"fit": rate}, "config": cfg}
-    size = cache.config["image_size"]
-    meta = {"image_size": size, "class_names": cache.class_names, "positive_class": cache.class_names[1],
-            "input": "raw RGB 0..255, float32, (image_size, image_size, 3); preprocessing is the model's first layer",
-            "config": cfg, "before": before, "after": after, "reload_max_abs_diff": eq["max_abs_diff"]}
-    # model.keras last, as in stage 3: it is what `up to date` looks for
-    train.plot_curves(history, os.path.join(a.model_dir, "curves.png"),
-                      f"cached fine-tuning from {a.unfreeze_from} (clean + {feeds.k} views), LR {a.lr:g}, {size}px, "
-                      f"{cache.config['weights']} weights")
-    with open(os.path.join(a.model_dir, "metrics.json.partial"), "w") as f:
-        json.dump(metrics, f, indent=1)
-    os.replace(os.path.join(a.model_dir, "metrics.json.partial"), os.path.join(a.model_dir, "metrics.json"))
-    fm.save_model(model, model_path, meta)
-    train.clear_work_dir(w)
+    train.write_artifacts(model, a.model_dir, w, metrics, cache,
+                          f"cached fine-tuning from {a.unfreeze_from} (clean + {feeds.k} views), LR {a.lr:g}, "
+                          f"{cache.config['image_size']}px, {cache.config['weights']} weights")
     print(f"{model_path}: {len(history['epoch'])} epochs (best {best_epoch + 1}) on {len(tr)} cached images, this "
           f"run {n_epochs_here} in {fit_s:.1f}s, {rate:.1f} images/s; val accuracy {before['accuracy']:.4f} -> "
           f"{after['accuracy']:.4f}, log loss {before['log_loss']:.4f} -> {after['log_loss']:.4f}")

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from cache import SPLIT_VAL, epoch_windows
+from cache import SPLIT_VAL, WorkflowError, epoch_windows
 from extract import images
 
-from .model import RELOAD_TOL, EquivalenceError
+from .model import RELOAD_TOL, EquivalenceError, read_meta, save_model
 
 WORK = "_work"
 PATIENCE = 3  # epochs without a better val_loss before stopping; at LR 1e-5 progress is slow but steady
@@ -176,6 +176,31 @@ def prepare_work_dir(model_dir, run_fp: str):
     with open(w["run"], "w") as f:
         json.dump({"run_fingerprint": run_fp}, f)
     return w, 0
+
+
+def up_to_date(model_dir, run_fp: str) -> bool:
+    """MODEL_DIR/model.keras exists and was written by a run of this configuration (its run fingerprint)."""
+    try:
+        return read_meta(os.path.join(model_dir, "model.keras"))["config"]["run_fingerprint"] == run_fp
+    except (WorkflowError, KeyError):
+        return False
+
+
+def write_artifacts(model, model_dir, w: dict, metrics: dict, cache, curves_title: str):
+    """curves.png, metrics.json, then model.keras with its record, then the resume state goes.
+
+    model.keras comes last: it is what `up_to_date` looks for, so it never exists without its metrics and curves.
+    """
+    from classify.report import write_json
+
+    meta = {"image_size": cache.config["image_size"], "class_names": cache.class_names,
+            "positive_class": cache.class_names[1],
+            "input": "raw RGB 0..255, float32, (image_size, image_size, 3); preprocessing is the model's first layer",
+            **{k: metrics[k] for k in ("config", "before", "after", "reload_max_abs_diff")}}
+    plot_curves(metrics["history"], os.path.join(model_dir, "curves.png"), curves_title)
+    write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    save_model(model, os.path.join(model_dir, "model.keras"), meta)
+    clear_work_dir(w)
 
 
 def clear_work_dir(w: dict):
