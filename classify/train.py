@@ -128,7 +128,7 @@ def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dic
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # initial weights and dropout masks
-    if deterministic:  # same SEED, same batches -> same weights, bit for bit; it cost 2.5x per epoch (see README)
+    if deterministic:  # same SEED, same batches -> same weights, bit for bit; 1.6x per epoch in make bench (README)
         tf.config.experimental.enable_op_determinism()
     start = prepare_resume(head_dir, identity)
     state, history_path = os.path.join(head_dir, "resume"), os.path.join(head_dir, "history.csv")
