@@ -34,9 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (LR)")
     p.add_argument("--seed", type=int, default=42, help="weights init, dropout and shuffling (SEED)")
     p.add_argument("--deterministic", type=int, default=1, choices=[0, 1],
-                   help="op determinism: the same SEED gives the same weights bit for bit; epochs took 1.6x as long in make bench")
+                   help="op determinism: the same SEED gives the same weights bit for bit; Keras then runs "
+                        "without XLA, so epochs took 1.6x as long in make bench (--deterministic 0 --xla 1)")
     p.add_argument("--xla", type=int, default=1, choices=[0, 1],
-                   help="compile the head's train step with XLA: ~3x faster epochs on a CPU (see classify/train.py)")
+                   help="with --deterministic 0: compile the head's train step with XLA, ~3x faster epochs on a CPU")
     p.add_argument("--mem-budget", default="2G",
                    help="hold the features in memory only up to this size, else stream them (MEM_BUDGET, K/M/G)")
     a = p.parse_args(argv)
@@ -133,7 +134,8 @@ def main(argv=None):
 
         config = {"features": os.path.abspath(a.features), "head_dir": os.path.abspath(a.head_dir),
                   "layer": a.layer, "epochs": a.epochs, "batch": a.batch, "lr": a.lr, "seed": a.seed,
-                  "mem_budget": a.mem_budget, "mem_budget_bytes": budget, "optimizer": "adam", "xla": bool(a.xla),
+                  "mem_budget": a.mem_budget, "mem_budget_bytes": budget, "optimizer": "adam",
+                  "xla": bool(a.xla) and not a.deterministic,
                   "deterministic": bool(a.deterministic),
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "

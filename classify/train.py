@@ -128,7 +128,7 @@ def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dic
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # initial weights and dropout masks
-    if deterministic:  # same SEED, same batches -> same weights, bit for bit; 1.6x per epoch in make bench (README)
+    if deterministic:  # same SEED, same batches -> same weights, bit for bit
         tf.config.experimental.enable_op_determinism()
     start = prepare_resume(head_dir, identity)
     state, history_path = os.path.join(head_dir, "resume"), os.path.join(head_dir, "history.csv")
@@ -136,10 +136,12 @@ def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dic
     before = read_history(history_path)
 
     model = build_head(feeds.shape)
-    # XLA by default, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the
-    # 38.5M weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row
-    # epoch on 2 cores; fused by XLA, the epoch took 1.8 s (same batches, same result up to float rounding).
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy", jit_compile=xla,
+    # XLA, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the 38.5M
+    # weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row epoch on
+    # 2 cores; fused by XLA, the epoch took 1.8 s. Keras refuses XLA under op determinism (not every XLA op has a
+    # deterministic form), so it applies only with deterministic=False; asking for both would just print a warning.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy",
+                  jit_compile=xla and not deterministic,
                   metrics=["accuracy"])
     callbacks = [
         EpochFeed(feeds),  # first: the epoch must be set before the iterator starts, and seconds logged
