@@ -58,6 +58,11 @@ def check_shape(cache, layer):
     return shape
 
 
+def uses_xla(a) -> bool:
+    """XLA only without op determinism: Keras refuses the pair (see classify/train.py)."""
+    return bool(a.xla) and not a.deterministic
+
+
 def rate(n, seconds) -> float:
     return n / seconds if seconds > 0 else 0.0
 
@@ -90,7 +95,7 @@ def run_head(cache, a, tr, va, head_dir, scale, in_memory, identity):
     t0 = time.perf_counter()
     feeds = data.Feeds(cache, a.layer, tr, va, a.batch, a.seed, scale, in_memory)
     load_s = time.perf_counter() - t0
-    head, history = train.train_head(feeds, a.epochs, a.lr, a.seed, head_dir, identity, xla=bool(a.xla),
+    head, history = train.train_head(feeds, a.epochs, a.lr, a.seed, head_dir, identity, xla=uses_xla(a),
                                      deterministic=bool(a.deterministic))
     p = head.predict(feeds.val(raw=True), verbose=0)
     with report.replacing(os.path.join(head_dir, "head.keras")) as tmp:
@@ -135,7 +140,7 @@ def main(argv=None):
         config = {"features": os.path.abspath(a.features), "head_dir": os.path.abspath(a.head_dir),
                   "layer": a.layer, "epochs": a.epochs, "batch": a.batch, "lr": a.lr, "seed": a.seed,
                   "mem_budget": a.mem_budget, "mem_budget_bytes": budget, "optimizer": "adam",
-                  "xla": bool(a.xla) and not a.deterministic,
+                  "xla": uses_xla(a),
                   "deterministic": bool(a.deterministic),
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "

@@ -122,7 +122,7 @@ def prepare_resume(head_dir, identity: dict) -> int:
     return 0
 
 
-def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto", xla=True,
+def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dict, verbose="auto", xla=False,
                deterministic=True):
     """Fit the head on `feeds`; return (the best-val-loss head, taking raw features, and every epoch's history)."""
     import tensorflow as tf
@@ -139,9 +139,9 @@ def train_head(feeds, epochs: int, lr: float, seed: int, head_dir, identity: dic
     # XLA, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the 38.5M
     # weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row epoch on
     # 2 cores; fused by XLA, the epoch took 1.8 s. Keras refuses XLA under op determinism (not every XLA op has a
-    # deterministic form), so it applies only with deterministic=False; asking for both would just print a warning.
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy",
-                  jit_compile=xla and not deterministic,
+    # deterministic form): the caller asks for at most one of them (classify.__main__.main).
+    assert not (xla and deterministic), "Keras would drop XLA under op determinism, with only a warning"
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy", jit_compile=xla,
                   metrics=["accuracy"])
     callbacks = [
         EpochFeed(feeds),  # first: the epoch must be set before the iterator starts, and seconds logged
