@@ -60,12 +60,12 @@ def labelled_dataset(root, paths, labels, size: int, batch: int, *, seed=None, a
     ds = tf.data.Dataset.from_tensor_slices(np.arange(len(paths), dtype=np.int64))
     if seed is not None:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch)
+    ds = ds.map(_decode, num_parallel_calls=images.DECODE_THREADS, deterministic=True).batch(batch)
     if augment:
         aug = augmenter(0 if seed is None else seed)
 
         def _augment(x, y, weight):
             return aug(x, training=True), y, weight
 
-        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(_augment, num_parallel_calls=images.DECODE_THREADS)
+    return images.fixed_pipeline(ds)
