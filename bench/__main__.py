@@ -7,6 +7,7 @@ Every figure is the median of repeated timings with the warm-up (graph tracing) 
 throughput does not depend on the weights' values. Ratios compare runs on the same machine in the same process.
 """
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--ft-n", type=int, default=320,
                    help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--baseline-rows", type=int, default=20_000, help="train rows of the baseline's fit at scale")
+    p.add_argument("--head-epochs", type=int, default=10,
+                   help="epochs of the `make head` runs on the float32 and the float16 cache (compared at equal epochs)")
     p.add_argument("--skip-ray", action="store_true", help="leave out the Ray throughput figures (quick test)")
     p.add_argument("--device-figures", action="store_true",
                    help="measure the GPU figures (fine-tuning images/s with and without mixed precision) even "
@@ -89,6 +92,40 @@ class EpochTimer:
         return _Timer()
 
 
+def step_gflops(model, input_shape, train: bool) -> float:
+    """GFLOPs per example of `model`'s train step (forward + gradients of its trainable weights) or of its inference
+    forward, counted by TensorFlow's profiler on the traced graph at batch 1 (every op's work scales with the batch).
+
+    The graph is first cut to what the outputs need, as the runtime does: the traced gradient also holds backward
+    ops of frozen layers that nothing reads, and counting them would add ~3.5 GFLOPs to a 150 px fine-tuning step.
+    Optimizer updates are not counted: their cost is memory traffic, which the timings show instead.
+    """
+    import tensorflow as tf
+
+    def fn(x):
+        if not train:
+            return model(x, training=False)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    cf = tf.function(fn).get_concrete_function(tf.TensorSpec((1,) + tuple(input_shape), tf.float32))
+    needed = tf.compat.v1.graph_util.extract_sub_graph(cf.graph.as_graph_def(add_shapes=True),
+                                                       [t.op.name for t in cf.outputs])
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(needed, name="")
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph=graph, options=opts).total_float_ops / 1e9
+
+
+def flop_ceiling(slow: dict, fast: dict, n_train: int, n_val: int) -> float:
+    """The ratio of two paths' epochs if every FLOP took the same time: {"train", "val"} GFLOPs per example each."""
+    work = [n_train * d["train"] + n_val * d["val"] for d in (slow, fast)]
+    return work[0] / work[1]
+
+
 # -- stage 1 ---------------------------------------------------------------------------------------------
 def bench_extraction(a, imgs, work):
     """Pipeline images/s (decode, resize, forward, HDF5 write) vs bare forward images/s on in-memory tensors."""
@@ -126,18 +163,27 @@ def build_cache(a, data, path, dtype="float32"):
 
 # -- stage 2 against the recipe ----------------------------------------------------------------------------
 def bench_recipe_epoch(a, cache_path, epochs):
-    """The recipe: frozen InceptionV3 to mixed7 + the same head, trained from the image files every epoch."""
+    """The recipe: frozen InceptionV3 to mixed7 + the same head, trained from the image files every epoch.
+
+    Returns (seconds per epoch, GFLOPs per example of the recipe's and the head's train step and val forward).
+    Like for like with `make head`: same head, optimizer, XLA and BATCH (its default, so as many optimizer steps).
+    """
     import keras
     import tensorflow as tf
 
+    from classify.__main__ import parse_args as head_args
     from classify.head import build_head
 
+    batch = head_args([]).batch
     with open_cache(cache_path) as c:
         root, shape = c.config["data"], c.feature_shape()
         sets = [([c.paths[i] for i in c.rows(s)], c.labels[c.rows(s)]) for s in (SPLIT_TRAIN, SPLIT_VAL)]
     trunk = backbone.build_backbone(a.img_size, ["mixed7"], "none")
     head = build_head(shape)
     model = keras.Model(trunk.input, head(trunk.output))
+    image = (a.img_size, a.img_size, 3)
+    gflops = {"recipe": {"train": step_gflops(model, image, True), "val": step_gflops(model, image, False)},
+              "head": {"train": step_gflops(head, shape, True), "val": step_gflops(head, shape, False)}}
     # XLA, as the like-for-like head run (`--deterministic 0`) compiles the head. It helps the recipe too (8.9 vs
     # 16.4 s for 320 images on 2 cores), since the recipe's step also updates the head's 38.5M weights with Adam.
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"],
@@ -145,13 +191,13 @@ def bench_recipe_epoch(a, cache_path, epochs):
 
     def from_files(paths, labels):  # decoded again every epoch, as the recipe's generators do
         y = tf.constant(labels, tf.float32)
-        return images.image_dataset(root, paths, a.img_size, a.batch).map(
+        return images.image_dataset(root, paths, a.img_size, batch).map(
             lambda idx, x, ok, reason: (tf.cast(x, tf.float32), tf.gather(y, idx)))
 
     timer = EpochTimer()  # an epoch = train + validation, as for the head
     model.fit(from_files(*sets[0]), validation_data=from_files(*sets[1]), epochs=epochs, callbacks=[timer],
               verbose=0, shuffle=False)  # in file order: the recipe's cost does not depend on the order
-    return timer.seconds
+    return timer.seconds, gflops
 
 
 def run_head_cli(cache_path, head_dir, *extra) -> tuple:
@@ -206,7 +252,7 @@ def bench_rss(a, work, shape):
     return out
 
 
-def bench_dtype(cache32, work, metrics32):
+def bench_dtype(cache32, work, metrics32, *head_args):
     """The head and the baseline on a float16 copy of the cache vs the float32 original (`metrics32`), same seed.
 
     The copy casts the float32 features exactly as CacheWriter does for DTYPE=float16, without a second pass.
@@ -225,7 +271,7 @@ def bench_dtype(cache32, work, metrics32):
     res = {"feature_max_abs_err": float(np.abs(f16 - f32).max()),
            "feature_max_rel_err": float((np.abs(f16 - f32) / np.maximum(np.abs(f32), 1e-6)).max()),
            "disk_mib_float32": os.path.getsize(cache32) / 2**20, "disk_mib_float16": os.path.getsize(cache16) / 2**20}
-    m16, _ = run_head_cli(cache16, os.path.join(work, "head-float16"))
+    m16, _ = run_head_cli(cache16, os.path.join(work, "head-float16"), *head_args)
     for name, m in (("float32", metrics32), ("float16", m16)):
         for part in ("head", "baseline"):
             res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
@@ -311,6 +357,9 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
         cached.fit(feeds.train(), validation_data=feeds.val(), epochs=1 + repeats, callbacks=[EpochFeed(feeds), cac],
                    verbose=0, shuffle=False)
 
+        image, feats = (img_size, img_size, 3), tuple(cached.input.shape[1:])
+        gflops = {"end_to_end": {"train": step_gflops(model, image, True), "val": step_gflops(model, image, False)},
+                  "cached": {"train": step_gflops(cached, feats, True), "val": step_gflops(cached, feats, False)}}
         views = cache.f[f"views/{fm.UNFREEZE_FROM}"]
         n_views = views.shape[0] * views.shape[1]
         held = feeds.read(tr[:batch])  # what training holds per view: one float32 feature map
@@ -324,6 +373,8 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
                "ram_bytes_per_view": held.nbytes / len(held),
                "cache_file_bytes": os.path.getsize(path), "feature_shape": list(cache.feature_shape(fm.UNFREEZE_FROM))}
     res["cached_finetune_speedup"] = res["end_to_end_epoch_s"] / res["cached_epoch_s"]
+    res["gflops_per_example"] = gflops
+    res["flop_ceiling"] = flop_ceiling(gflops["end_to_end"], gflops["cached"], len(tr), len(va))
     return res
 
 
@@ -350,6 +401,14 @@ def markdown(res) -> str:
     for key in ("baseline_fit_s", "extract_img_s", "forward_img_s", "recipe_epoch_s", "head_epoch_s",
                 "head_epoch_s_deterministic", "head_epoch_speedup_deterministic"):
         lines.append(f"| `{key}` | {res[key]:.3f} | reported | |")
+    g, ft = res["gflops_per_example"], res["cached_finetune"]
+    lines.append(f"| `head_epoch_speedup` if every FLOP took as long (train step / val forward GFLOPs per image: "
+                 f"recipe {g['recipe']['train']:.3f} / {g['recipe']['val']:.3f}, head {g['head']['train']:.3f} / "
+                 f"{g['head']['val']:.3f}) | {res['head_epoch_flop_ceiling']:.1f} | ceiling | |")
+    g = ft["gflops_per_example"]
+    lines.append(f"| `cached_finetune_speedup` if every FLOP took as long (end-to-end {g['end_to_end']['train']:.3f}"
+                 f" / {g['end_to_end']['val']:.3f}, cached {g['cached']['train']:.3f} / {g['cached']['val']:.3f}) "
+                 f"| {ft['flop_ceiling']:.1f} | ceiling | |")
     b = res["baseline_at_scale"]
     lines.append(f"| `baseline_fit_s` at {b['rows']:,} x {b['channels']} | {b['seconds']:.1f} | reported | |")
     d = res["float16_vs_float32"]
@@ -363,7 +422,6 @@ def markdown(res) -> str:
     r = res["rss"]
     lines.append(f"| head peak RSS | {r['head_peak_rss_mib_1x']:.0f} MiB on {r['cache_mib_1x']:.0f} MiB cache, "
                  f"{r['head_peak_rss_mib_4x']:.0f} MiB on {r['cache_mib_4x']:.0f} MiB | reported | |")
-    ft = res["cached_finetune"]
     lines.append(f"| fine-tune epoch ({ft['n_train']} train + {ft['n_val']} val images) | end-to-end "
                  f"{ft['end_to_end_epoch_s']:.1f} s, cached {ft['cached_epoch_s']:.2f} s | reported | |")
     lines.append(f"| per cached view at mixed6 {tuple(ft['feature_shape'])} | disk {ft['disk_bytes_per_view'] / 2**10:.0f} "
@@ -379,6 +437,8 @@ def markdown(res) -> str:
                      f"| reported | |")
     else:
         lines.append("| GPU extraction / fine-tuning images/s | not measured: no GPU on this machine | | |")
+    spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
+    lines.append(f"| wall seconds per part | {spent} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -394,14 +454,31 @@ def main(argv=None):
     res = {"config": vars(a), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     print(f"bench: {a.n} images of ~350x400 at {a.img_size}px, {a.repeats} timed repeats each")
 
-    res["extraction"] = ext = bench_extraction(a, imgs, work)
-    cache32 = build_cache(a, data, os.path.join(work, "features.h5"))
-    head_m, _ = run_head_cli(cache32, os.path.join(work, "head-float32"))  # `make head` as it is: deterministic
-    det_epochs = read_history_seconds(os.path.join(work, "head-float32"))
-    # Like for like with the recipe, which runs without op determinism (as Keras does by default): a second head run.
-    run_head_cli(cache32, os.path.join(work, "head-nondet"), "--deterministic", "0", "--epochs", str(1 + a.repeats))
-    head_epochs = read_history_seconds(os.path.join(work, "head-nondet"))
-    recipe_epochs = bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)
+    spent = res["section_s"] = {}  # wall seconds per part, so that a slow bench shows where its time goes
+
+    @contextlib.contextmanager
+    def section(name):
+        t0 = time.perf_counter()
+        yield
+        spent[name] = round(time.perf_counter() - t0, 1)
+
+    with section("extraction"):
+        res["extraction"] = ext = bench_extraction(a, imgs, work)
+    with section("head"):
+        cache32 = build_cache(a, data, os.path.join(work, "features.h5"))
+        head_epochs_arg = ("--epochs", str(a.head_epochs))
+        # `make head` as it is (deterministic), for the deterministic epoch time, the baseline and the float16 check
+        head_m, _ = run_head_cli(cache32, os.path.join(work, "head-float32"), *head_epochs_arg)
+        det_epochs = read_history_seconds(os.path.join(work, "head-float32"))
+        # Like for like with the recipe, which runs without op determinism (Keras' default): a second head run.
+        run_head_cli(cache32, os.path.join(work, "head-nondet"), "--deterministic", "0", "--epochs", str(1 + a.repeats))
+        head_epochs = read_history_seconds(os.path.join(work, "head-nondet"))
+    with section("recipe"):
+        recipe_epochs, gflops = bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)
+    with open_cache(cache32) as c:
+        n_train, n_val = len(c.rows(SPLIT_TRAIN)), len(c.rows(SPLIT_VAL))
+    res["gflops_per_example"] = gflops
+    res["head_epoch_flop_ceiling"] = flop_ceiling(gflops["recipe"], gflops["head"], n_train, n_val)
     res["head_epoch_s_runs"], res["recipe_epoch_s_runs"] = head_epochs, recipe_epochs
     res["head_epoch_s"], res["recipe_epoch_s"] = median(head_epochs[1:]), median(recipe_epochs[1:])
     res["head_epoch_s_deterministic_runs"] = det_epochs
@@ -409,9 +486,11 @@ def main(argv=None):
     res["head_epoch_speedup_deterministic"] = res["recipe_epoch_s"] / res["head_epoch_s_deterministic"]
     res["extract_img_s"], res["forward_img_s"] = ext["extract_img_s"], ext["forward_img_s"]
     res["baseline_fit_s"] = head_m["baseline"]["seconds"]
-    res["baseline_at_scale"] = bench_baseline_at_scale(a.baseline_rows)
-    res["float16_vs_float32"] = bench_dtype(cache32, work, head_m)
-    with open_cache(cache32) as c:
+    with section("baseline_at_scale"):
+        res["baseline_at_scale"] = bench_baseline_at_scale(a.baseline_rows)
+    with section("float16"):
+        res["float16_vs_float32"] = bench_dtype(cache32, work, head_m, *head_epochs_arg)
+    with section("rss"), open_cache(cache32) as c:
         res["rss"] = bench_rss(a, work, c.feature_shape())
     if a.skip_ray or importlib.util.find_spec("ray") is None:
         res["ray_note"] = ("not measured: --skip-ray" if a.skip_ray else
@@ -420,18 +499,21 @@ def main(argv=None):
         from extract import shard
 
         res["ray"] = {}
-        for k in (1, 2):
-            r = shard.throughput(data, work, k, a.img_size, a.batch)
-            res["ray"][f"ray_extract_img_s_{k}_workers"] = r["images_per_s"]
-            res["ray"][f"ray_extract_end_to_end_img_s_{k}_workers"] = r["end_to_end_images_per_s"]
+        with section("ray"):
+            for k in (1, 2):
+                r = shard.throughput(data, work, k, a.img_size, a.batch)
+                res["ray"][f"ray_extract_img_s_{k}_workers"] = r["images_per_s"]
+                res["ray"][f"ray_extract_end_to_end_img_s_{k}_workers"] = r["end_to_end_images_per_s"]
     if res["machine"]["gpus"] or a.device_figures:
-        res["device"] = {"device": ", ".join(res["machine"]["gpus"]) or "CPU (forced by --device-figures)",
-                         "extract_img_s": ext["extract_img_s"],
-                         "finetune_img_s_float32": bench_finetune_img_s(a, cache32, mixed=False),
-                         "finetune_img_s_mixed_float16": bench_finetune_img_s(a, cache32, mixed=True)}
+        with section("device"):
+            res["device"] = {"device": ", ".join(res["machine"]["gpus"]) or "CPU (forced by --device-figures)",
+                             "extract_img_s": ext["extract_img_s"],
+                             "finetune_img_s_float32": bench_finetune_img_s(a, cache32, mixed=False),
+                             "finetune_img_s_mixed_float16": bench_finetune_img_s(a, cache32, mixed=True)}
     # Both fine-tuning paths with XLA, as the like-for-like head run: it fuses Adam's update of the head's weights.
-    res["cached_finetune"] = ft = cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,
-                                                          a.batch, repeats=a.repeats, xla=True)
+    with section("cached_finetune"):
+        res["cached_finetune"] = ft = cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,
+                                                              a.batch, repeats=a.repeats, xla=True)
     res["targets"] = {
         "extract_vs_forward": check("extract_vs_forward", ext["extract_vs_forward"]),
         "head_epoch_speedup": check("head_epoch_speedup", res["recipe_epoch_s"] / res["head_epoch_s"]),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache import WorkflowError, epoch_windows
+from extract.images import fixed_pipeline
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 HELD_DTYPE = np.float32  # what `FeatureCache.read` returns, whatever the cache stores
@@ -125,7 +126,7 @@ class Feeds:
         # windows_fn runs when an iterator starts, i.e. after on_epoch_begin has set self.epoch.
         ds = tf.data.Dataset.from_generator(lambda: self._batches(windows_fn(), inv), output_signature=spec)
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_rows / self.batch)))
-        return ds.prefetch(self.prefetch)
+        return fixed_pipeline(ds, self.prefetch)
 
     def train(self):
         """Shuffled every epoch (the order of `epoch_windows` for `self.epoch`), divided by the feature scale."""

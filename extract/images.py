@@ -181,15 +181,16 @@ def image_dataset(root, paths, size: int, batch: int, indices=None):
     return fixed_pipeline(ds.batch(batch))
 
 
-def fixed_pipeline(ds):
-    """Prefetch `PREFETCH_BATCHES` and turn tf.data's autotuner off: every pipeline here sets its parallelism.
+def fixed_pipeline(ds, prefetch: int = PREFETCH_BATCHES):
+    """`ds` prefetching `prefetch` batches, with tf.data's autotuner off: every pipeline here sets its parallelism.
 
     Why: with the autotuner on, dropping an iterator waits for the autotuner's next wake-up, which comes at
-    ~10.2 s, ~20.5 s, ... after the iterator started (its sleeps double). On 2 busy cores an extraction whose loop
-    ended at 11 s returned at 20.5 s in 5 of 6 runs, whatever the number of images; with it off, 0 of 6.
+    ~1.3, 2.6, 5.1, 10.2, 20.5 s ... after the iterator started (its sleeps double). On 2 busy cores, extractions
+    whose loop ended at ~11 s returned at 20.5 s (5 of 6 runs), and head epochs of ~2.6 s took 5.1 s (Keras drops
+    each epoch's iterators). With it off: no such wait in 6 extractions.
     """
     import tensorflow as tf
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
+    return ds.prefetch(prefetch).with_options(options)

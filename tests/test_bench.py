@@ -26,5 +26,21 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     ft = res["cached_finetune"]
     assert ft["disk_bytes_per_view"] > 0 and ft["ram_bytes_per_view"] == 4 * np.prod(ft["feature_shape"])
     assert len(ft["cached_epoch_s_runs"]) == len(ft["end_to_end_epoch_s_runs"]) == 2  # warm-up + 1 timed
+    assert ft["flop_ceiling"] > 1 and res["head_epoch_flop_ceiling"] > 1  # the frozen part is never free
+    assert {"extraction", "head", "recipe", "float16", "rss", "cached_finetune", "device"} <= set(res["section_s"])
     assert "| `head_epoch_speedup` |" in (tmp_path / "bench.md").read_text()
     assert not (tmp_path / "work").exists()  # scratch removed
+
+
+def test_step_gflops_counts_only_what_a_train_step_runs():
+    """4 -> Dense(8), frozen -> Dense(2, sigmoid), trained; batch 1, no biases. Forward: 2*4*8 + 2*8*2 = 96 FLOPs.
+    A train step adds the trained kernel's gradient (2*8*2 = 32), and nothing for the frozen layer or the input
+    gradient below the trained one: 224 would mean dead backward ops were counted."""
+    import keras
+
+    from bench.__main__ import step_gflops
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, use_bias=False, trainable=False),
+                              keras.layers.Dense(2, use_bias=False, activation="sigmoid")])
+    assert step_gflops(model, (4,), train=False) * 1e9 == 96
+    assert step_gflops(model, (4,), train=True) * 1e9 == 128

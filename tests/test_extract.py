@@ -206,3 +206,22 @@ def test_discover_ignores_junk_and_mixed_flat_folders_are_an_error(tmp_path):
 
     with pytest.raises(WorkflowError, match="mixes Kaggle-named"):
         discover(tmp_path / "d")
+
+
+def test_every_input_pipeline_runs_without_the_tfdata_autotuner(train_dir, cache_path):
+    """With the autotuner on, dropping an iterator waits for its next wake-up (up to seconds, see
+    extract.images.fixed_pipeline): stage 1's and stage 3's image pipelines and stage 2's feature feeds turn it off."""
+    from classify.data import Feeds
+    from extract import images
+    from finetune import data as fdata
+
+    imgs = images.discover(train_dir)
+    with open_cache(cache_path) as c:
+        feeds = Feeds(c, c.layer, c.rows(SPLIT_TRAIN), c.rows(SPLIT_VAL), 8, 0, 1.0, True)
+        pipelines = {"image_dataset": images.image_dataset(imgs.root, imgs.paths[:4], IMG, 2),
+                     "labelled_dataset": fdata.labelled_dataset(imgs.root, imgs.paths[:4], imgs.labels[:4], IMG, 2,
+                                                                seed=0, augment=True),
+                     "Feeds.train": feeds.train(), "Feeds.val": feeds.val()}
+        for name, ds in pipelines.items():
+            assert ds.options().autotune.enabled is False, name
+            assert next(iter(ds)) is not None, name  # and it still yields
