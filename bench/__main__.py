@@ -38,12 +38,12 @@ def parse_args(argv=None):
     p.add_argument("--img-size", type=int, default=150)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
-    p.add_argument("--rss-rows", type=int, default=1500, help="rows of the 1x cache for the RSS test (4x is 4x)")
+    p.add_argument("--rss-rows", type=int, default=800, help="rows of the 1x cache for the RSS test (4x is 4x)")
     p.add_argument("--mem-budget", default="64M", help="MEM_BUDGET for the RSS test: both caches exceed it")
     p.add_argument("--ft-n", type=int, default=320,
                    help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--baseline-rows", type=int, default=20_000, help="train rows of the baseline's fit at scale")
-    p.add_argument("--head-epochs", type=int, default=10,
+    p.add_argument("--head-epochs", type=int, default=6,
                    help="epochs of the `make head` runs on the float32 and the float16 cache (compared at equal epochs)")
     p.add_argument("--skip-ray", action="store_true", help="leave out the Ray throughput figures (quick test)")
     p.add_argument("--device-figures", action="store_true",
@@ -198,6 +198,32 @@ def bench_recipe_epoch(a, cache_path, epochs):
     model.fit(from_files(*sets[0]), validation_data=from_files(*sets[1]), epochs=epochs, callbacks=[timer],
               verbose=0, shuffle=False)  # in file order: the recipe's cost does not depend on the order
     return timer.seconds, gflops
+
+
+def bench_head_breakdown(a, cache_path) -> dict:
+    """Where a head epoch's time goes: the same head and BATCH on in-memory features, with Adam (as `make head`) and
+    with plain SGD, which keeps no state: the difference is the cost of Adam's update of the 38.5M weights (memory
+    traffic), and the SGD epoch is about what the forward and backward GEMMs alone take. XLA on both."""
+    import keras
+    import tensorflow as tf
+
+    from classify.__main__ import parse_args as head_args
+    from classify.head import build_head
+
+    batch = head_args([]).batch
+    with open_cache(cache_path) as c:
+        sets = [(c.read(c.rows(s)), c.labels[c.rows(s)].astype(np.float32)[:, None]) for s in (SPLIT_TRAIN, SPLIT_VAL)]
+        shape = c.feature_shape()
+    scale = float(np.sqrt(np.mean(np.square(sets[0][0]))))  # unit RMS, as stage 2 feeds the head
+    tr, va = (images.fixed_pipeline(tf.data.Dataset.from_tensor_slices((x / scale, y)).batch(batch)) for x, y in sets)
+    out = {}
+    for name, opt in (("adam", keras.optimizers.Adam), ("sgd", keras.optimizers.SGD)):
+        model = build_head(shape)
+        model.compile(optimizer=opt(1e-4), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=True)
+        timer = EpochTimer()
+        model.fit(tr, validation_data=va, epochs=1 + a.repeats, callbacks=[timer], verbose=0)
+        out[f"head_epoch_s_in_memory_{name}"] = median(timer.seconds[1:])
+    return out
 
 
 def run_head_cli(cache_path, head_dir, *extra) -> tuple:
@@ -405,6 +431,9 @@ def markdown(res) -> str:
     lines.append(f"| `head_epoch_speedup` if every FLOP took as long (train step / val forward GFLOPs per image: "
                  f"recipe {g['recipe']['train']:.3f} / {g['recipe']['val']:.3f}, head {g['head']['train']:.3f} / "
                  f"{g['head']['val']:.3f}) | {res['head_epoch_flop_ceiling']:.1f} | ceiling | |")
+    b = res["head_breakdown"]
+    lines.append(f"| head epoch on in-memory features, Adam / SGD (no optimizer state) | "
+                 f"{b['head_epoch_s_in_memory_adam']:.2f} s / {b['head_epoch_s_in_memory_sgd']:.2f} s | reported | |")
     g = ft["gflops_per_example"]
     lines.append(f"| `cached_finetune_speedup` if every FLOP took as long (end-to-end {g['end_to_end']['train']:.3f}"
                  f" / {g['end_to_end']['val']:.3f}, cached {g['cached']['train']:.3f} / {g['cached']['val']:.3f}) "
@@ -473,6 +502,7 @@ def main(argv=None):
         # Like for like with the recipe, which runs without op determinism (Keras' default): a second head run.
         run_head_cli(cache32, os.path.join(work, "head-nondet"), "--deterministic", "0", "--epochs", str(1 + a.repeats))
         head_epochs = read_history_seconds(os.path.join(work, "head-nondet"))
+        res["head_breakdown"] = bench_head_breakdown(a, cache32)
     with section("recipe"):
         recipe_epochs, gflops = bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)
     with open_cache(cache32) as c:

@@ -28,6 +28,8 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert len(ft["cached_epoch_s_runs"]) == len(ft["end_to_end_epoch_s_runs"]) == 2  # warm-up + 1 timed
     assert ft["flop_ceiling"] > 1 and res["head_epoch_flop_ceiling"] > 1  # the frozen part is never free
     assert {"extraction", "head", "recipe", "float16", "rss", "cached_finetune", "device"} <= set(res["section_s"])
+    assert set(res["head_breakdown"]) == {"head_epoch_s_in_memory_adam", "head_epoch_s_in_memory_sgd"}
+    assert min(res["head_breakdown"].values()) > 0
     assert "| `head_epoch_speedup` |" in (tmp_path / "bench.md").read_text()
     assert not (tmp_path / "work").exists()  # scratch removed
 
