@@ -117,7 +117,12 @@ def step_gflops(model, input_shape, train: bool) -> float:
         tf.graph_util.import_graph_def(needed, name="")
     opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
-    return tf.compat.v1.profiler.profile(graph=graph, options=opts).total_float_ops / 1e9
+    level = tf.get_logger().level
+    tf.get_logger().setLevel("ERROR")  # the v1 profiler warns of its own deprecation, on every call
+    try:
+        return tf.compat.v1.profiler.profile(graph=graph, options=opts).total_float_ops / 1e9
+    finally:
+        tf.get_logger().setLevel(level)
 
 
 def flop_ceiling(slow: dict, fast: dict, n_train: int, n_val: int) -> float:
