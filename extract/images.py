@@ -185,7 +185,7 @@ def fixed_pipeline(ds, prefetch: int = PREFETCH_BATCHES):
     """`ds` prefetching `prefetch` batches, with tf.data's autotuner off: every pipeline here sets its parallelism.
 
     Why: with the autotuner on, dropping an iterator waits for the autotuner's next wake-up, which comes at
-    ~1.3, 2.6, 5.1, 10.2, 20.5 s ... after the iterator started (its sleeps double). On 2 busy cores, extractions
+    5.1, 10.2, 20.5 s ... after the iterator started (as measured: its sleeps double). On 2 busy cores, extractions
     whose loop ended at ~11 s returned at 20.5 s (5 of 6 runs), and head epochs of ~2.6 s took 5.1 s (Keras drops
     each epoch's iterators). With it off: no such wait in 6 extractions.
     """
