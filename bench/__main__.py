@@ -5,6 +5,8 @@ Example: python -m bench --n 600
 
 Every figure is the median of repeated timings with the warm-up (graph tracing) excluded. WEIGHTS=none:
 throughput does not depend on the weights' values. Ratios compare runs on the same machine in the same process.
+Beside each speedup it reports the ratio's FLOP ceiling (TensorFlow's profiler on each path's traced step),
+and where a head epoch's time goes (Adam vs stateless SGD), so a missed target comes with its reason.
 """
 import argparse
 import contextlib
