@@ -127,6 +127,11 @@ def step_gflops(model, input_shape, train: bool) -> float:
         tf.get_logger().setLevel(level)
 
 
+def gflops_per_example(model, input_shape) -> dict:
+    """{"train": GFLOPs of a train step, "val": GFLOPs of a val forward} per example, as `flop_ceiling` takes them."""
+    return {"train": step_gflops(model, input_shape, True), "val": step_gflops(model, input_shape, False)}
+
+
 def flop_ceiling(slow: dict, fast: dict, n_train: int, n_val: int) -> float:
     """The ratio of two paths' epochs if every FLOP took the same time: {"train", "val"} GFLOPs per example each."""
     work = [n_train * d["train"] + n_val * d["val"] for d in (slow, fast)]
@@ -189,8 +194,7 @@ def bench_recipe_epoch(a, cache_path, epochs):
     head = build_head(shape)
     model = keras.Model(trunk.input, head(trunk.output))
     image = (a.img_size, a.img_size, 3)
-    gflops = {"recipe": {"train": step_gflops(model, image, True), "val": step_gflops(model, image, False)},
-              "head": {"train": step_gflops(head, shape, True), "val": step_gflops(head, shape, False)}}
+    gflops = {"recipe": gflops_per_example(model, image), "head": gflops_per_example(head, shape)}
     # XLA, as the like-for-like head run (`--deterministic 0`) compiles the head. It helps the recipe too (8.9 vs
     # 16.4 s for 320 images on 2 cores), since the recipe's step also updates the head's 38.5M weights with Adam.
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"],
@@ -390,17 +394,15 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
         cached.fit(feeds.train(), validation_data=feeds.val(), epochs=1 + repeats, callbacks=[EpochFeed(feeds), cac],
                    verbose=0, shuffle=False)
 
-        image, feats = (img_size, img_size, 3), tuple(cached.input.shape[1:])
-        gflops = {"end_to_end": {"train": step_gflops(model, image, True), "val": step_gflops(model, image, False)},
-                  "cached": {"train": step_gflops(cached, feats, True), "val": step_gflops(cached, feats, False)}}
+        gflops = {"end_to_end": gflops_per_example(model, (img_size, img_size, 3)),
+                  "cached": gflops_per_example(cached, tuple(cached.input.shape[1:]))}
         views = cache.f[f"views/{fm.UNFREEZE_FROM}"]
         n_views = views.shape[0] * views.shape[1]
         held = feeds.read(tr[:batch])  # what training holds per view: one float32 feature map
         res = {"n_images": n_images, "n_train": len(tr), "n_val": len(va), "img_size": img_size, "batch": batch,
                "aug_views": aug_views, "xla": bool(xla), "extract_s": extract_s,
                "end_to_end_epoch_s_runs": e2e.seconds, "cached_epoch_s_runs": cac.seconds,
-               "end_to_end_epoch_s": float(np.median(e2e.seconds[1:])),
-               "cached_epoch_s": float(np.median(cac.seconds[1:])),
+               "end_to_end_epoch_s": median(e2e.seconds[1:]), "cached_epoch_s": median(cac.seconds[1:]),
                "disk_bytes_per_view": views.id.get_storage_size() / max(n_views, 1),
                "disk_bytes_clean_row": cache.features(fm.UNFREEZE_FROM).id.get_storage_size() / max(len(cache), 1),
                "ram_bytes_per_view": held.nbytes / len(held),

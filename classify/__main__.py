@@ -140,8 +140,7 @@ def main(argv=None):
         config = {"features": os.path.abspath(a.features), "head_dir": os.path.abspath(a.head_dir),
                   "layer": a.layer, "epochs": a.epochs, "batch": a.batch, "lr": a.lr, "seed": a.seed,
                   "mem_budget": a.mem_budget, "mem_budget_bytes": budget, "optimizer": "adam",
-                  "xla": uses_xla(a),
-                  "deterministic": bool(a.deterministic),
+                  "xla": uses_xla(a), "deterministic": bool(a.deterministic),
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "
                                         "folded into head_dense's kernel: head.keras takes raw features",
