@@ -1,4 +1,2 @@
 """`make bench`: measured speed and memory of every stage against the recipe it replaces."""
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import core  # noqa: F401  (first: the quiet TensorFlow start-up, core/quiet.py)

@@ -1,8 +1,15 @@
-"""The feature cache: the HDF5 contract between stages, and the errors every stage raises."""
-from .errors import CacheIncomplete, CacheMismatch, WorkflowError, cli
-from .store import (FORMAT, FORMAT_VERSION, SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, BackgroundCommits, CacheWriter,
-                    FeatureCache, cache_state, epoch_windows, fingerprint, open_cache, partial_path)
+"""The feature cache: the HDF5 contract between stages 1, 2 and 3 (layout: README, "The cache file").
 
-__all__ = ["CacheIncomplete", "CacheMismatch", "WorkflowError", "cli", "FORMAT", "FORMAT_VERSION", "SPLIT_NONE",
+format.py   name, version, split codes, chunking, identity attributes
+writer.py   the resumable writer and its background commits        reader.py  open_cache, FeatureCache, cache_state
+order.py    the shuffled, chunk-aligned training order              shards.py  sharded caches (Ray) and their front file
+"""
+from .errors import CacheIncomplete, CacheMismatch
+from .format import FORMAT, FORMAT_VERSION, SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, fingerprint, partial_path
+from .order import epoch_windows
+from .reader import FeatureCache, cache_state, open_cache
+from .writer import BackgroundCommits, CacheWriter
+
+__all__ = ["CacheIncomplete", "CacheMismatch", "FORMAT", "FORMAT_VERSION", "SPLIT_NONE",
            "SPLIT_TRAIN", "SPLIT_VAL", "BackgroundCommits", "CacheWriter", "FeatureCache", "cache_state", "epoch_windows",
            "fingerprint", "open_cache", "partial_path"]

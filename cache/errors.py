@@ -1,14 +1,5 @@
-"""Exceptions shared by every stage, and the CLI wrapper that turns them into one-line errors.
-
-A `WorkflowError` is a user's problem (missing folder, stale cache, wrong variable): it is printed as
-`error: <message>` with exit code 2 and no traceback. Anything else is a bug and keeps its traceback.
-"""
-import functools
-import sys
-
-
-class WorkflowError(Exception):
-    """A problem the user can fix; the message says how."""
+"""The cache's own errors: a cache made for something else, or not (yet) a whole cache."""
+from core.errors import WorkflowError
 
 
 class CacheMismatch(WorkflowError):
@@ -17,21 +8,3 @@ class CacheMismatch(WorkflowError):
 
 class CacheIncomplete(WorkflowError):
     """A cache is missing, half-written or unreadable."""
-
-
-def cli(main):
-    """Run `main()` and exit 2 with a one-line message on WorkflowError (no traceback)."""
-
-    @functools.wraps(main)
-    def wrapper(argv=None):
-        try:
-            return main(argv)
-        except WorkflowError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("interrupted: progress so far is committed; rerun the same command to resume",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
-
-    return wrapper

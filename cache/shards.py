@@ -10,7 +10,6 @@ file lists its shards (attribute `shard_files`), `open_cache` checks that each o
 was built from (`check_sources`), and the fill value is NaN so that even a reader that bypasses `cache/` cannot
 take a hole for features.
 """
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,9 @@ import h5py
 import numpy as np
 
 from .errors import CacheIncomplete, WorkflowError
-from .store import _STR, FORMAT, WriteSummary, chunk_rows_for, partial_path, _write_attrs
+from core.files import file_hash
+
+from .format import FORMAT, STR_DTYPE, WriteSummary, chunk_rows_for, partial_path, write_attrs
 
 MANIFEST_VERSION = 1
 
@@ -40,11 +41,6 @@ def shard_path(features, k: int) -> str:
 
 def manifest_path(features) -> str:
     return f"{os.path.splitext(str(features))[0]}.manifest.json"
-
-
-def file_sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_manifest(features):
@@ -87,7 +83,7 @@ def inspect_shard(path, fp: str, recorded=None, hashed=None):
                      "backbone_digest": json.loads(a["provenance"])["backbone_digest"]}
     except (OSError, KeyError, ValueError) as e:
         return None, f"damaged (not a readable HDF5 cache: {str(e)[:80]})"
-    entry["sha256"] = hashed or file_sha256(path)
+    entry["sha256"] = hashed or file_hash(path)
     if recorded is not None and recorded.get("created") == entry["created"]:
         if recorded.get("sha256") != entry["sha256"]:
             return None, "damaged (sha256 differs from the manifest)"
@@ -114,7 +110,7 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries) -> W
                 shapes[name], dtypes[name] = ds.shape[1:], ds.dtype
     n = sum(e["rows"] for e in entries)
     with h5py.File(tmp, "w") as f:
-        _write_attrs(f, config, fp, provenance)
+        write_attrs(f, config, fp, provenance)
         for name in config["layers"]:
             layout = h5py.VirtualLayout((n,) + shapes[name], dtypes[name])
             r = 0
@@ -129,10 +125,10 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries) -> W
             ds.attrs["chunk_rows"] = chunk_rows_for(shapes[name], dtypes[name])
         f["features"] = f[f"layers/{config['layer']}"]  # hard link, as in the single-file cache
         f.create_dataset("labels", data=np.concatenate(labels))
-        f.create_dataset("paths", data=np.concatenate(paths).astype(object), dtype=_STR)
+        f.create_dataset("paths", data=np.concatenate(paths).astype(object), dtype=STR_DTYPE)
         f.create_dataset("split", data=np.concatenate(split))
         skipped = np.concatenate(skipped).astype(object).reshape(-1, 2)
-        f.create_dataset("skipped", data=skipped, dtype=_STR, maxshape=(None, 2))
+        f.create_dataset("skipped", data=skipped, dtype=STR_DTYPE, maxshape=(None, 2))
         f.attrs["shard_files"] = json.dumps([{k: e[k] for k in ("file", "fingerprint", "rows")} for e in entries])
         f.attrs["manifest"] = os.path.basename(manifest_path(features))
         f.attrs["n_rows"] = n

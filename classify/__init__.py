@@ -1,4 +1,2 @@
 """Stage 2: the dense head and a scikit-learn baseline, trained on cached features."""
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import core  # noqa: F401  (first: the quiet TensorFlow start-up, core/quiet.py)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from cache import WorkflowError
+from core import WorkflowError
 
 CS = np.logspace(-4, 2, 7)  # C from strong to weak L2: 768 standardised inputs need anything from heavy to light
 CV_FOLDS = 5

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cache import WorkflowError, epoch_windows
-from extract.images import fixed_pipeline
+from cache import epoch_windows
+from core import WorkflowError
+from core.pipeline import fixed_pipeline
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 HELD_DTYPE = np.float32  # what `FeatureCache.read` returns, whatever the cache stores
@@ -71,6 +72,9 @@ class Feeds:
     scale: float
     in_memory: bool
     epoch: int = 0  # set by the training loop before each epoch's iterator starts (see train.EpochFeed)
+    # Stage 3's batch rule for training (extract.pipeline.labelled_dataset): every batch exactly `batch` rows, the last
+    # padded with zero-weight rows, as (x, y, weight). Off for stage 2, whose last batch stays short and unweighted.
+    pad_last: bool = False
     _array: np.ndarray = field(default=None, repr=False)
     _pos: np.ndarray = field(default=None, repr=False)
 
@@ -103,8 +107,19 @@ class Feeds:
         # A fixed order (epoch 0 of the seed): validation needs chunk-aligned reads, not shuffling.
         return epoch_windows(self.val_rows, self.chunk_rows, self.seed, 0)
 
-    def _batches(self, windows, inv_scale):
-        """Exact batches of `self.batch` rows cut across window borders; only the last may be short."""
+    def _batches(self, windows, inv_scale, pad):
+        """Exact batches of `self.batch` rows cut across window borders; only the last may be short (or padded)."""
+        batches = self._cut(windows, inv_scale)
+        if not pad:
+            yield from batches
+            return
+        for x, y in batches:
+            n, k = len(x), self.batch - len(x)
+            w = np.concatenate([np.ones(n, np.float32), np.zeros(k, np.float32)])
+            yield (np.concatenate([x, np.zeros((k,) + x.shape[1:], x.dtype)]),
+                   np.concatenate([y, np.zeros((k, 1), y.dtype)]), w)
+
+    def _cut(self, windows, inv_scale):
         carry_x, carry_y = np.empty((0,) + self.shape, np.float32), np.empty((0, 1), np.float32)
         for w in windows:
             x = self.read(w)  # a fresh array in both paths, so scaling in place is safe
@@ -118,20 +133,24 @@ class Feeds:
         if len(carry_x):
             yield carry_x, carry_y
 
-    def _dataset(self, windows_fn, n_rows, raw=False):
+    def _dataset(self, windows_fn, n_rows, raw=False, pad=False):
         import tensorflow as tf
 
         inv = np.float32(1.0) if raw else np.float32(1.0 / self.scale)
-        spec = (tf.TensorSpec((None,) + self.shape, tf.float32), tf.TensorSpec((None, 1), tf.float32))
+        n = self.batch if pad else None  # a static batch size: each of N replicas gets batch / N rows
+        spec = (tf.TensorSpec((n,) + self.shape, tf.float32), tf.TensorSpec((n, 1), tf.float32))
+        if pad:
+            spec += (tf.TensorSpec((n,), tf.float32),)
         # windows_fn runs when an iterator starts, i.e. after on_epoch_begin has set self.epoch.
-        ds = tf.data.Dataset.from_generator(lambda: self._batches(windows_fn(), inv), output_signature=spec)
+        ds = tf.data.Dataset.from_generator(lambda: self._batches(windows_fn(), inv, pad), output_signature=spec)
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_rows / self.batch)))
         return fixed_pipeline(ds, self.prefetch)
 
     def train(self):
         """Shuffled every epoch (the order of `epoch_windows` for `self.epoch`), divided by the feature scale."""
-        return self._dataset(self.train_windows, len(self.train_rows))
+        return self._dataset(self.train_windows, len(self.train_rows), pad=self.pad_last)
 
-    def val(self, raw=False):
-        """Val rows in `self.val_order`; `raw=True` leaves them unscaled, as the saved head will see them."""
-        return self._dataset(self.val_windows, len(self.val_rows), raw)
+    def val(self, raw=False, pad=False):
+        """Val rows in `self.val_order`; `raw=True` leaves them unscaled, as the saved head will see them; `pad`
+        fills the last batch with zero-weight rows (needed on several replicas)."""
+        return self._dataset(self.val_windows, len(self.val_rows), raw, pad)

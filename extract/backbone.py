@@ -10,7 +10,8 @@ including the fine-tuned `.keras` file, is self-contained.
 import hashlib
 import os
 
-from cache import WorkflowError
+from core import WorkflowError
+from core.files import file_hash
 
 BACKBONE = "InceptionV3"
 FEATURE_LAYER = "mixed7"  # the recipe's cut: 7x7x768 at 150 px, rich but still spatial
@@ -20,14 +21,6 @@ NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
 NOTOP_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"  # the hash keras.applications itself checks
 NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + NOTOP_FILE
 INIT_SEED = 1337  # WEIGHTS=none: a fixed seed makes "random" weights rebuildable in stage 3
-
-
-def _file_hash(path, algo):
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def keras_weights_path() -> str:
@@ -51,11 +44,11 @@ def resolve_weights(weights: str) -> dict:
         path = os.path.abspath(weights)
         if not os.path.isfile(path):
             raise WorkflowError(f"WEIGHTS={weights}: no such file; {how_to_get}")
-    if os.path.basename(path) == NOTOP_FILE and _file_hash(path, "md5") != NOTOP_MD5:
+    if os.path.basename(path) == NOTOP_FILE and file_hash(path, "md5") != NOTOP_MD5:
         raise WorkflowError(f"{path}: md5 does not match Keras' published {NOTOP_MD5} (truncated or corrupt "
                             f"download?); delete it and fetch it again: {how_to_get}")
     return {"weights": weights if weights == "imagenet" else "file", "weights_file": path,
-            "weights_sha256": _file_hash(path, "sha256")}
+            "weights_sha256": file_hash(path, "sha256")}
 
 
 def _download_imagenet(how_to_get) -> str:

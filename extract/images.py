@@ -1,4 +1,4 @@
-"""Finding images in the layouts people have, decoding them once to RGB, and the tf.data pipeline over them.
+"""Finding images in the layouts people have, and decoding them once to RGB (the tf.data pipeline: extract/pipeline.py).
 
 Reads: an image folder (Kaggle flat `cat.0.jpg`, class folders, PetImages `Cat/` `Dog/`, or unlabelled `1.jpg`).
 Writes nothing. Example: python -c "from extract.images import discover; print(discover('data/demo/train'))"
@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from cache import SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, WorkflowError, fingerprint
+from cache import SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL
+from core import WorkflowError
+from core.files import fingerprint
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[^.]+$", re.IGNORECASE)
@@ -137,11 +139,6 @@ def stratified_split(labels, val_split: float, seed: int) -> np.ndarray:
     return split
 
 
-# Decoding is PIL under tf.numpy_function: PIL drops the GIL while decoding and resizing, so threads scale.
-DECODE_THREADS = os.cpu_count() or 1
-PREFETCH_BATCHES = 2  # the next batch is ready while the model runs this one; more only holds memory
-
-
 def load_image(path, size: int) -> np.ndarray:
     """Decode any image file to RGB uint8 (size, size, 3); raises on a file that cannot be decoded."""
     with Image.open(path) as im:
@@ -157,40 +154,3 @@ def try_load(path, size: int):
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ValueError...)
         reason = str(e).replace(str(path), os.path.basename(str(path)))  # the path is logged beside it already
         return np.zeros((size, size, 3), np.uint8), f"{type(e).__name__}: {reason}"[:150]
-
-
-def image_dataset(root, paths, size: int, batch: int, indices=None):
-    """tf.data of batches (index, uint8 images, ok, reason), decoded in parallel and prefetched, in order."""
-    import tensorflow as tf
-
-    indices = np.arange(len(paths)) if indices is None else np.asarray(indices)
-
-    def _load(i):
-        img, reason = try_load(os.path.join(root, paths[int(i)]), size)
-        return img, not reason, reason.encode()
-
-    def _map(i):
-        img, ok, reason = tf.numpy_function(_load, [i], [tf.uint8, tf.bool, tf.string], stateful=False)
-        img.set_shape((size, size, 3))
-        ok.set_shape(())
-        reason.set_shape(())
-        return i, img, ok, reason
-
-    ds = tf.data.Dataset.from_tensor_slices(indices.astype(np.int64))
-    ds = ds.map(_map, num_parallel_calls=DECODE_THREADS, deterministic=True)
-    return fixed_pipeline(ds.batch(batch))
-
-
-def fixed_pipeline(ds, prefetch: int = PREFETCH_BATCHES):
-    """`ds` prefetching `prefetch` batches, with tf.data's autotuner off: every pipeline here sets its parallelism.
-
-    Why: with the autotuner on, dropping an iterator waits for the autotuner's next wake-up, which comes at
-    5.1, 10.2, 20.5 s ... after the iterator started (as measured: its sleeps double). On 2 busy cores, extractions
-    whose loop ended at ~11 s returned at 20.5 s (5 of 6 runs), and head epochs of ~2.6 s took 5.1 s (Keras drops
-    each epoch's iterators). With it off: no such wait in 6 extractions.
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.prefetch(prefetch).with_options(options)

@@ -26,10 +26,14 @@ import traceback
 
 import numpy as np
 
-from cache import SPLIT_NONE, CacheWriter, WorkflowError, cache_state, fingerprint
-from cache.shards import (ShardFailed, file_sha256, inspect_shard, manifest_path, read_manifest, shard_path,
-                          shard_ranges, write_front, write_manifest)
+from cache import CacheWriter, cache_state, fingerprint
+from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manifest, shard_path, shard_ranges,
+                          write_front, write_manifest)
+from core import WorkflowError
+from core.files import file_hash
+from core.versions import package_versions
 from extract import backbone, images
+from extract.features import Settings, make_forward, resolve_config, run_extraction, split_of, write_skipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = "make features ENGINE=ray"
@@ -86,69 +90,66 @@ def pool_plan(nodes, todo: int, workers=None, cpus_per_worker=None):
     return max(1, min(todo, workers or fits, fits)), cpus_per_worker, 0
 
 
-def plan(a, imgs, split, config):
+def plan(s: Settings, imgs, split, config):
     """Each shard's spec: its file, its input range [lo, hi) of the sorted inputs, and its own config."""
     specs = []
-    for k, (lo, hi) in enumerate(shard_ranges(len(imgs.paths), a.shards)):
+    for k, (lo, hi) in enumerate(shard_ranges(len(imgs.paths), s.shards)):
         part = images.ImageSet(imgs.root, imgs.layout, imgs.paths[lo:hi], imgs.labels[lo:hi], imgs.class_names)
         # A shard is a single-file cache of its own inputs: its fingerprint follows what decides its rows (its
         # files and sizes, their split, its place) and the run's settings, so a changed file elsewhere keeps it.
         cfg = {**config, "n_inputs": hi - lo, "inputs_fingerprint": part.files_fingerprint(),
-               "split_fingerprint": fingerprint(split[lo:hi].tolist()), "shard": k, "shards": a.shards,
+               "split_fingerprint": fingerprint(split[lo:hi].tolist()), "shard": k, "shards": s.shards,
                "shard_inputs": [lo, hi]}
-        specs.append({"index": k, "file": shard_path(os.path.abspath(a.features), k), "lo": lo, "hi": hi,
+        specs.append({"index": k, "file": shard_path(os.path.abspath(s.features), k), "lo": lo, "hi": hi,
                       "config": cfg, "fingerprint": fingerprint(cfg)})
     return specs
 
 
-def run_sharded(a, workers=None, cpus_per_worker=None) -> dict:
+def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
     """Stage 1 with ENGINE=ray: check every shard, recompute the bad ones on Ray, then write manifest and front."""
-    from extract.__main__ import package_versions, resolve_config
-
-    backbone.check_img_size(a.img_size)
-    imgs = images.discover(a.data)
-    if not 1 <= a.shards <= len(imgs.paths):
-        raise WorkflowError(f"SHARDS={a.shards}: must be between 1 and the number of images in DATA={a.data} "
+    backbone.check_img_size(s.img_size)
+    imgs = images.discover(s.data)
+    if not 1 <= s.shards <= len(imgs.paths):
+        raise WorkflowError(f"SHARDS={s.shards}: must be between 1 and the number of images in DATA={s.data} "
                             f"({len(imgs.paths)}), e.g. SHARDS=2")
-    split = (images.stratified_split(imgs.labels, a.val_split, a.seed) if imgs.labelled
-             else np.full(len(imgs.paths), SPLIT_NONE, np.int8))  # once, over all inputs: the local run's split
-    weights_info = backbone.resolve_weights(a.weights)
-    config = {**resolve_config(a, imgs, weights_info), "shards": a.shards}
+    split = split_of(imgs, s.val_split, s.seed)  # once, over all inputs: the local run's split
+    weights_info = backbone.resolve_weights(s.weights)
+    config = {**resolve_config(s, imgs, weights_info), "shards": s.shards}
     fp = fingerprint(config)
-    specs = plan(a, imgs, split, config)
+    specs = plan(s, imgs, split, config)
 
-    manifest = read_manifest(a.features) or {}
+    manifest = read_manifest(s.features) or {}
     recorded = {e["file"]: e for e in manifest.get("shards", [])}
     entries, todo = {}, {}
-    for s in specs:
-        rec = recorded.get(os.path.basename(s["file"]))
-        entry, why = inspect_shard(s["file"], s["fingerprint"],
-                                   rec if rec and rec.get("fingerprint") == s["fingerprint"] else None)
+    for spec in specs:
+        rec = recorded.get(os.path.basename(spec["file"]))
+        entry, why = inspect_shard(spec["file"], spec["fingerprint"],
+                                   rec if rec and rec.get("fingerprint") == spec["fingerprint"] else None)
         if entry:
-            entries[s["index"]] = entry
+            entries[spec["index"]] = entry
         else:
-            todo[s["index"]] = why
-    state = cache_state(a.features, fp)
+            todo[spec["index"]] = why
+    state = cache_state(s.features, fp)
     recorded_as_is = all(recorded.get(e["file"], {}).get("sha256") == e["sha256"] for e in entries.values())
     if not todo and state == "up-to-date" and manifest.get("fingerprint") == fp and recorded_as_is:
-        print(f"{a.features}: up to date ({len(imgs.paths)} inputs in {a.shards} shards, every shard checked "
-              f"against {manifest_path(a.features)}, fingerprint {fp[:12]}); nothing to do")
+        print(f"{s.features}: up to date ({len(imgs.paths)} inputs in {s.shards} shards, every shard checked "
+              f"against {manifest_path(s.features)}, fingerprint {fp[:12]}); nothing to do")
         return {"computed": [], "images": 0, "wall_s": 0.0, "loop_s": 0.0, "workers": 0, "results": []}
     if state not in ("missing", "up-to-date"):
-        print(f"{a.features}: {state} (configuration or input files changed); rebuilding from shards")
+        print(f"{s.features}: {state} (configuration or input files changed); rebuilding from shards")
     for k, why in todo.items():
         if why != "missing":
-            print(f"{shard_path(a.features, k)}: {why}; recomputing it")
+            print(f"{shard_path(s.features, k)}: {why}; recomputing it")
 
     t0, results, pool = time.perf_counter(), [], (0, 0, 0)
     if todo:
-        print(f"{a.features}: computing {len(todo)} of {a.shards} shards on Ray")
-        job = {"specs": {s["index"]: s for s in specs if s["index"] in todo}, "root": os.path.abspath(imgs.root),
+        print(f"{s.features}: computing {len(todo)} of {s.shards} shards on Ray")
+        job = {"specs": {sp["index"]: sp for sp in specs if sp["index"] in todo}, "root": os.path.abspath(imgs.root),
                "layout": imgs.layout, "paths": list(imgs.paths), "labels": imgs.labels.tolist(),
-               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": a.img_size,
-               "layers": config["layers"], "weights_info": weights_info, "batch": a.batch, "dtype": a.dtype}
+               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": s.img_size,
+               "layers": config["layers"], "weights_info": weights_info, "batch": s.batch, "dtype": s.dtype}
         results, pool = _compute(job, sorted(todo), workers, cpus_per_worker)
-        _raise_failures(a, todo, results)
+        _raise_failures(s.features, todo, results)
     wall = time.perf_counter() - t0
 
     for r in results:  # just written by a worker, which hashed it while it was warm in its page cache
@@ -157,31 +158,29 @@ def run_sharded(a, workers=None, cpus_per_worker=None) -> dict:
             raise ShardFailed(f"{specs[r['shard']]['file']}: shard worker on {r['host']} reported it done, but here "
                               f"it is {why}; FEATURES must be on a filesystem that every Ray node shares")
         entries[r["shard"]] = entry
-    ordered = [{"index": s["index"], "inputs": [s["lo"], s["hi"]], **entries[s["index"]]} for s in specs]
+    ordered = [{"index": sp["index"], "inputs": [sp["lo"], sp["hi"]], **entries[sp["index"]]} for sp in specs]
     digests = {e["backbone_digest"] for e in ordered}
     if len(digests) != 1:  # every worker builds its own backbone: same weights file and seed, same numbers?
         bad = ", ".join(f"{e['file']}={e['backbone_digest'][:12]}" for e in ordered)
-        raise WorkflowError(f"{a.features}: shards were computed with different backbone weights ({bad}); make the "
+        raise WorkflowError(f"{s.features}: shards were computed with different backbone weights ({bad}); make the "
                             f"weights file and package versions the same on every node, delete the shards and rerun")
     provenance = {"backbone_digest": digests.pop(), "versions": json.dumps(package_versions()), "command": COMMAND}
     old = set(recorded) - {e["file"] for e in ordered}
-    write_manifest(a.features, fp, ordered)
-    summary = write_front(a.features, config, fp, provenance, ordered)  # last: FEATURES appears only when whole
-    folder = os.path.dirname(os.path.abspath(a.features))
+    write_manifest(s.features, fp, ordered)
+    summary = write_front(s.features, config, fp, provenance, ordered)  # last: FEATURES appears only when whole
+    folder = os.path.dirname(os.path.abspath(s.features))
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
 
-    skipped_txt = os.path.splitext(a.features)[0] + ".skipped.txt"
-    with open(skipped_txt, "w") as f:
-        f.writelines(f"{p}\t{r}\n" for p, r in summary.skipped)
+    skipped_txt = write_skipped(s.features, summary.skipped)
     n_img = sum(r["images"] for r in results)
     loop = (max(r["t1"] for r in results) - min(r["t0"] for r in results)) if results else 0.0
     this_run = (f"{len(results)} computed this run by {pool[0]} Ray worker{'s' * (pool[0] != 1)} ({pool[1]} CPU"
                 f"{', 1 GPU' if pool[2] else ''} each): {n_img:,} images in {wall:.1f}s, {n_img / wall:.1f} images/s "
                 f"including Ray and model start-up" if results else "none recomputed, front file rebuilt")
-    print(f"{a.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped (see {skipped_txt}) in "
-          f"{a.shards} shards; {this_run}")
+    print(f"{s.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped (see {skipped_txt}) in "
+          f"{s.shards} shards; {this_run}")
     return {"computed": sorted(r["shard"] for r in results), "images": n_img, "wall_s": wall, "loop_s": loop,
             "workers": pool[0], "cpus_per_worker": pool[1], "results": results}
 
@@ -219,7 +218,7 @@ def _compute(job, todo, workers, cpus_per_worker):
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows], pool
 
 
-def _raise_failures(a, todo, results):
+def _raise_failures(features, todo, results):
     done = {r["shard"] for r in results if not r["error"]}
     failed = [r for r in results if r["error"]]
     lost = sorted(set(todo) - done - {r["shard"] for r in failed})
@@ -227,8 +226,8 @@ def _raise_failures(a, todo, results):
         return
     for r in failed:
         print(f"shard {r['shard']:05d} failed on {r['host']}:\n{r['error']}", file=sys.stderr)
-    what = [f"{shard_path(a.features, r['shard'])} on {r['host']}: {r['error'].strip().splitlines()[-1]}"
-            for r in failed] + [f"{shard_path(a.features, k)}: no result from its worker" for k in lost]
+    what = [f"{shard_path(features, r['shard'])} on {r['host']}: {r['error'].strip().splitlines()[-1]}"
+            for r in failed] + [f"{shard_path(features, k)}: no result from its worker" for k in lost]
     raise ShardFailed(f"{len(what)} of {len(todo)} shards failed ({'; '.join(what)}); the {len(done)} that finished "
                       f"are kept: fix the cause and rerun the same command, which recomputes only the rest")
 
@@ -240,8 +239,6 @@ class ShardWorker:
     def __init__(self, job):
         import ray
         import tensorflow as tf
-
-        from extract.__main__ import make_forward, package_versions
 
         cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
         if cpus:  # TF sizes its thread pools to the whole node; N actors on one node would each take every core
@@ -270,8 +267,6 @@ class ShardWorker:
 
     def extract(self, k: int) -> dict:
         """Extract shard `k` into its file (resuming its `.partial` if there is one); return its result row."""
-        from extract.__main__ import run_extraction
-
         j, s = self.job, self.job["specs"][k]
         lo, hi = s["lo"], s["hi"]
         imgs = images.ImageSet(j["root"], j["layout"], j["paths"][lo:hi], np.asarray(j["labels"][lo:hi], np.int8),
@@ -287,7 +282,7 @@ class ShardWorker:
         finally:
             writer.close()
         return {"shard": k, "error": "", "rows": summary.rows, "skipped": len(summary.skipped),
-                "sha256": file_sha256(s["file"]), "images": n_done + n_skip, "resumed_at": start,
+                "sha256": file_hash(s["file"]), "images": n_done + n_skip, "resumed_at": start,
                 "t0": t1 - dt, "t1": t1, "cpu_s": cpu}
 
 
@@ -301,16 +296,13 @@ def throughput(data_dir, work_dir, workers: int, img_size: int = 150, batch: int
     also counts Ray's and the actors' start-up, model builds and tracing. `worker_cores_busy` is each worker's
     process CPU time over its wall time. Starts (and stops) a local Ray unless one is already connected.
     """
-    from extract.__main__ import parse_args
-
     out = os.path.join(str(work_dir), f"throughput-{workers}w")
     shutil.rmtree(out, ignore_errors=True)  # fresh: a resumed or up-to-date run would measure nothing
-    a = parse_args(["--data", str(data_dir), "--features", os.path.join(out, "features.h5"), "--img-size",
-                    str(img_size), "--weights", "none", "--batch", str(batch), "--engine", "ray",
-                    "--shards", str(workers)])
+    settings = Settings(data=str(data_dir), features=os.path.join(out, "features.h5"), img_size=img_size,
+                        weights="none", batch=batch, engine="ray", shards=workers)
     started = connect(num_cpus=max(os.cpu_count() or 1, workers * cpus_per_worker))
     try:
-        r = run_sharded(a, workers=workers, cpus_per_worker=cpus_per_worker)
+        r = run_sharded(settings, workers=workers, cpus_per_worker=cpus_per_worker)
     finally:
         if started:
             import ray

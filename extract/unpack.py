@@ -7,7 +7,7 @@ import argparse
 import os
 import zipfile
 
-from cache import WorkflowError, cli
+from core import WorkflowError, cli
 from extract.images import KAGGLE_HINT
 
 

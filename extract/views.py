@@ -9,19 +9,15 @@ window, a small rotation and a zoom, combined into one bilinear resampling with 
 comes from `numpy.random.default_rng([seed, input index, view])` alone, so view v of image i is the same on any
 machine, in any batch, after any resume; the extraction order never matters.
 
-The ranges mirror stage 3's on-the-fly augmentation (finetune/data.py: RandomFlip, RandomRotation 0.05, RandomZoom
-0.1, RandomTranslation 0.1, reflect fill), so both fine-tuning paths draw from the same distribution; the cached one
-sees K fixed draws per image instead of a fresh one every epoch.
+The ranges are the one policy of extract/augment.py, which stage 3's on-the-fly augmentation uses too, so both
+fine-tuning paths draw from the same distribution; the cached one sees K fixed draws per image instead of a fresh
+one every epoch.
 """
 import numpy as np
 
+from .augment import FILL_MODE, FLIP, FLIP_P, INTERPOLATION, ROTATION, SHIFT as CROP, ZOOM
+
 POLICY_VERSION = 1  # bump when the sampling below changes: it is part of the cache's fingerprint
-FLIP = "horizontal"  # cats and dogs are left/right symmetric, never upside down
-FLIP_P = 0.5
-ROTATION = 0.05  # fraction of a full turn, uniform in +-: +-18 degrees
-ZOOM = 0.1  # scale factor uniform in 1 +- 0.1 (above 1 zooms out, as keras.layers.RandomZoom)
-CROP = 0.1  # the crop window moves by up to +-10 % of the side, in x and y independently
-INTERPOLATION, FILL_MODE = "bilinear", "reflect"  # reflect, as the Keras layers: no black corners to learn from
 # Views are stored only at the layer that cached fine-tuning reads (the input of the trained block): views of later
 # layers would cost as much disk again, and nothing reads them.
 VIEW_LAYERS = ("mixed6",)
@@ -70,7 +66,7 @@ def make_views(imgs, indices, k: int, seed: int) -> np.ndarray:
 class ViewExtractor:
     """Views of a batch of training images through the backbone: {layer: (n, k, h, w, c)} for each layer of `shapes`.
 
-    `forward` is a traced uint8-batch -> [feature maps] function (extract.__main__.make_forward) with one output
+    `forward` is a traced uint8-batch -> [feature maps] function (extract.features.make_forward) with one output
     per entry of `shapes` ({layer: (h, w, c)}), in order. Views are fed in batches of exactly `batch` images,
     padding the last, so that the traced graph never sees a new shape.
     """

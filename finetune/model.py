@@ -1,77 +1,18 @@
-"""The full network: InceptionV3 rebuilt from the cache's record, the stage-2 head put back on, and its .keras file.
+"""The full network: InceptionV3 rebuilt from the cache's record, with the stage-2 head put back on, and the rules of
+what it trains.
 
-Reads FEATURES (config + provenance only), HEAD_DIR/head.keras and HEAD_DIR/metrics.json; writes MODEL_DIR/model.keras.
-Example: python -c "from finetune.model import load_model; m, meta = load_model('artifacts/finetune/model.keras'); print(meta['class_names'])"
-
-The saved model takes raw RGB in [0, 255] (preprocessing is its first layer) and carries its own record: a
-`workflow.json` member appended to the .keras zip (Keras reads only the members it wrote and ignores it), so
-prediction needs nothing but the file.
+Reads FEATURES' record (config + provenance only) and HEAD_DIR/head.keras. Writes nothing (finetune/record.py saves).
+Example: python -c "from finetune.model import trainable_names"   # see finetune/run.py
 """
-import hashlib
-import json
-import os
-import zipfile
-
-from cache import CacheMismatch, WorkflowError
+from cache import CacheMismatch
 from classify.head import build_head
+from classify.record import HeadMismatch, load_head
+from core import WorkflowError
 from extract import backbone, images
 
 # Fine-tuning rules (keras-io "Transfer learning & fine-tuning"):
 UNFREEZE_FROM = "mixed6"  # the recipe's choice: with the cut at mixed7 this trains the last Inception block only;
 # earlier blocks hold generic edges/textures that a few thousand images cannot improve, only overfit.
-RELOAD_TOL = 1e-3  # max |P(full model) - P(head on cached features)|; float32 gives ~1e-6, float16 caches ~1e-4
-MODEL_FORMAT = "dogcat-finetuned-model"
-META_MEMBER = "workflow.json"
-
-
-class HeadMismatch(WorkflowError):
-    """HEAD_DIR is missing, incomplete or was trained on another cache."""
-
-
-class EquivalenceError(WorkflowError):
-    """The rebuilt full network does not reproduce the head's predictions on the cached features."""
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def check_head_dir(head_dir, cache) -> dict:
-    """The head's cache record (path, fingerprint, layer, feature_shape) after checking it was trained on `cache`."""
-    retrain = f"retrain it with `make head FEATURES={cache.path} HEAD_DIR={head_dir}`"
-    head_file, metrics_file = os.path.join(head_dir, "head.keras"), os.path.join(head_dir, "metrics.json")
-    for f in (head_file, metrics_file):
-        if not os.path.isfile(f):
-            raise HeadMismatch(f"HEAD_DIR={head_dir}: no {os.path.basename(f)}; {retrain}")
-    try:
-        with open(metrics_file) as f:
-            metrics = json.load(f)
-        record = metrics["cache"]
-        fp, shape = record["fingerprint"], tuple(record["feature_shape"])
-        # What stage 2 measured for head.keras on the val rows: proves later that the file is still that head.
-        record.update({k: metrics["head"][k] for k in ("val_accuracy", "val_log_loss") if k in metrics.get("head", {})})
-        record.setdefault("layer", cache.layer)  # stage 2 may train on any cached layer (LAYER); the cut follows it
-    except (ValueError, KeyError, TypeError) as e:
-        raise HeadMismatch(f"{metrics_file}: no cache record ({type(e).__name__}: {e}); {retrain}") from None
-    if fp != cache.fingerprint:
-        raise HeadMismatch(f"{head_file}: trained on another cache ({record.get('path')}, fingerprint {fp[:12]}), "
-                           f"not on FEATURES={cache.path} (fingerprint {cache.fingerprint[:12]}); {retrain}")
-    if record["layer"] not in cache.layers or shape != cache.feature_shape(record["layer"]):
-        have = {l: list(cache.feature_shape(l)) for l in cache.layers}
-        raise HeadMismatch(f"{head_file}: trained on layer {record['layer']!r} {list(shape)}, the cache holds "
-                           f"{have}; {retrain}")
-    return record
-
-
-def load_head(head_dir):
-    """The stage-2 head as saved: used only as a source of weights and for the equivalence check."""
-    import keras
-
-    return keras.saving.load_model(os.path.join(head_dir, "head.keras"), compile=False)
 
 
 def copy_head_weights(dst, src, where=""):
@@ -165,42 +106,22 @@ def set_trainable(model, trunk, unfreeze_from: str) -> list:
     return sorted(wanted)
 
 
-# -- the artifact ------------------------------------------------------------------------------------------
-def save_model(model, path, meta: dict):
-    """Save an uncompiled copy to a temporary .keras, append workflow.json, check it loads, rename into place."""
+def build(cache, weights_info, layer, mixed: bool):
+    """(full model, trunk) built under the float32 or the mixed_float16 policy (then reset to float32)."""
     import keras
 
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.partial.keras")  # Keras insists on the .keras suffix
-    # A compiled model would also save Adam's two moments per trained weight (twice the file) that no reader
-    # needs: a new, uncompiled Functional over the same layers saves the weights alone.
-    keras.Model(model.input, model.output, name=model.name).save(tmp)
-    with zipfile.ZipFile(tmp, "a") as z:
-        z.writestr(META_MEMBER, json.dumps({"format": MODEL_FORMAT, **meta}, indent=1, sort_keys=True))
-    keras.saving.load_model(tmp, compile=False)  # proves the appended member did not break the file
-    os.replace(tmp, path)
-
-
-def read_meta(path) -> dict:
-    """The workflow.json record inside a .keras written by `make finetune`; raise WorkflowError otherwise."""
-    if not os.path.isfile(path):
-        raise WorkflowError(f"MODEL={path}: no such file; run `make finetune` first (it writes "
-                            f"MODEL_DIR/model.keras) or pass MODEL=<file>")
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     try:
-        with zipfile.ZipFile(path) as z:
-            meta = json.loads(z.read(META_MEMBER))
-    except (zipfile.BadZipFile, KeyError, ValueError):
-        raise WorkflowError(f"MODEL={path}: not a model written by `make finetune` (no {META_MEMBER} record "
-                            f"inside); rerun `make finetune`") from None
-    if meta.get("format") != MODEL_FORMAT:
-        raise WorkflowError(f"MODEL={path}: format={meta.get('format')!r}, expected {MODEL_FORMAT!r}")
-    return meta
+        # The digest check runs on the float32 build only: it is the one compared with the cache.
+        return build_full_model(cache.config, weights_info, layer, cache.feature_shape(layer),
+                                None if mixed else cache.provenance["backbone_digest"], cache.path)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
-def load_model(path):
-    """(keras model, workflow record) from a file written by save_model."""
-    import keras
-
-    meta = read_meta(path)
-    return keras.saving.load_model(path, compile=False), meta
+def assemble(cache, head_dir, layer, weights_info=None):
+    """(float32 full model holding the stage-2 head's weights, its trunk, the stage-2 head as saved)."""
+    model, trunk = build(cache, weights_info or resolve_cache_weights(cache), layer, mixed=False)
+    head_src = load_head(head_dir)
+    copy_head_weights(model.get_layer("head"), head_src, head_dir)
+    return model, trunk, head_src

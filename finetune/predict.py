@@ -6,23 +6,24 @@ Example: python -m finetune.predict --input data/test --model artifacts/finetune
 
 `prob_dog` is P(class 1) of the model's classes (the cache's class names: 'dog', 'dogs' or 'Dog' in every
 supported layout); `label` is the class name with the larger probability. Images are decoded by stage 1's
-`extract.images` pipeline at the model's own image size, read from the record inside the .keras file.
+image pipeline (extract/pipeline.py) at the model's own image size, read from the record inside the .keras file.
 
 Predicting from the feature cache for already-cached images is not offered: the cache holds `mixed7` outputs,
 and fine-tuning changed the layers that compute them, so cached features no longer describe this model.
 """
 import argparse
-import csv
 import os
 import time
 
 import numpy as np
 
-from cache import WorkflowError, cli
+from core import WorkflowError, cli
+from core.files import write_csv, write_text
 from extract import images
+from extract.pipeline import image_batches
 
-from .model import load_model
-from .train import forward_fn
+from .infer import forward_fn
+from .record import load_model
 
 DEFAULT_BATCH = 32
 
@@ -54,7 +55,7 @@ def predict_files(model, image_size: int, root, paths, batch: int = DEFAULT_BATC
     forward = forward_fn(model)
     t0 = time.perf_counter()
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        for idx, x, ok, reason in images.image_dataset(root, paths, image_size, batch):
+        for idx, x, ok, reason in image_batches(root, paths, image_size, batch):
             idx, ok = idx.numpy(), ok.numpy()
             p = forward(x)
             probs[idx[ok]] = p[ok]
@@ -66,21 +67,10 @@ def predict_files(model, image_size: int, root, paths, batch: int = DEFAULT_BATC
     return probs, broken, time.perf_counter() - t0
 
 
-def write_rows(path, header, rows):
-    """CSV via a temporary file renamed into place: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.partial"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
 def write_skipped(out, root, broken) -> str:
+    """`<out stem>.skipped.txt`: one `path<TAB>reason` line per file that did not decode; returns its path."""
     path = os.path.splitext(out)[0] + ".skipped.txt"
-    with open(path, "w") as f:
-        f.writelines(f"{os.path.join(root, p)}\t{r}\n" for p, r in broken)
+    write_text(path, "".join(f"{os.path.join(root, p)}\t{r}\n" for p, r in broken))
     return path
 
 
@@ -103,7 +93,7 @@ def main(argv=None):
     single = os.path.isfile(a.input)
     rows = [(a.input if single else os.path.join(root, rel), f"{p:.6f}", names[int(p >= 0.5)])
             for rel, p in zip(paths, probs) if not np.isnan(p)]
-    write_rows(a.out, ["path", "prob_dog", "label"], rows)
+    write_csv(a.out, ["path", "prob_dog", "label"], rows)
     skipped_txt = write_skipped(a.out, root, broken)
     counts = ", ".join(f"{sum(r[2] == n for r in rows)} {n}" for n in names)
     print(f"{a.out}: {len(rows):,} images predicted ({counts}), {len(broken):,} broken skipped (see {skipped_txt}); "

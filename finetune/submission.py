@@ -9,10 +9,11 @@ import os
 
 import numpy as np
 
-from cache import WorkflowError, cli
+from core import WorkflowError, cli
+from core.files import write_csv
 
-from .model import load_model
-from .predict import DEFAULT_BATCH, list_inputs, predict_files, write_rows, write_skipped
+from .predict import DEFAULT_BATCH, list_inputs, predict_files, write_skipped
+from .record import load_model
 
 # The competition is scored on log loss: one confident mistake at P = 1e-15 costs 34.5, as much as ~50
 # images at 0.5. Clipping to [0.005, 0.995] caps a mistake at -ln(0.005) = 5.3 while a correct answer still
@@ -71,7 +72,7 @@ def main(argv=None):
                             f"so train on a cat/dog folder")
     probs, broken, dt = predict_files(model, meta["image_size"], root, paths, a.batch, desc="submission")
     rows = submission_rows(ids, probs)
-    write_rows(a.out, ["id", "label"], rows)
+    write_csv(a.out, ["id", "label"], rows)
     skipped_txt = write_skipped(a.out, root, broken)
     print(f"{a.out}: {len(rows):,} rows (ids {rows[0][0]}..{rows[-1][0]}), P(dog) clipped to [{CLIP_LO}, {CLIP_HI}], "
           f"{len(broken):,} broken image(s) given {BROKEN_PROB} (see {skipped_txt}); {len(paths):,} files in "

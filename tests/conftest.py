@@ -6,9 +6,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never depend on a GPU, even where one exists
 
+import core  # noqa: E402,F401  (before anything imports TensorFlow: the quiet start-up, core/quiet.py)
 from extract.synth import make_dataset  # noqa: E402
 
 IMG = 75  # the smallest input InceptionV3 accepts: fast, and still exercises every layer
@@ -35,6 +35,20 @@ def cache_path(train_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("cache") / "features.h5"
     assert main(extract_args(train_dir, path)) == 0
     return path
+
+
+def error_lines(stderr: str) -> list:
+    """The `error:` lines of a command's stderr (a user's mistake gives exactly one, and it comes first)."""
+    return [l for l in stderr.splitlines() if l.startswith("error: ")]
+
+
+def assert_user_error(r, *parts):
+    """A CompletedProcess that failed as a user's mistake: exit 2, stderr is one `error:` line holding `parts`."""
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.startswith("error: ") and len(error_lines(r.stderr)) == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    for part in parts:
+        assert part in r.stderr, r.stderr[-3000:]
 
 
 def run_module(module, *args, env=None, timeout=600):

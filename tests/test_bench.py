@@ -40,7 +40,7 @@ def test_step_gflops_counts_only_what_a_train_step_runs():
     gradient below the trained one: 224 would mean dead backward ops were counted."""
     import keras
 
-    from bench.__main__ import step_gflops
+    from bench.profile import step_gflops
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, use_bias=False, trainable=False),
                               keras.layers.Dense(2, use_bias=False, activation="sigmoid")])

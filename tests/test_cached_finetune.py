@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from cache import SPLIT_TRAIN, SPLIT_VAL, CacheMismatch, CacheWriter, WorkflowError, cache_state, open_cache
+from cache import SPLIT_TRAIN, SPLIT_VAL, CacheMismatch, CacheWriter, cache_state, open_cache
+from core import WorkflowError
 from conftest import IMG, extract_args
 
 K = 2  # augmented views per train image in the fixture cache
@@ -34,20 +35,22 @@ def head_dir(views_cache, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(views_cache, head_dir):
-    """(full model, trunk, cached model, trained names, stage-2 head, open cache) as run_cached assembles them."""
-    from finetune import cached as fc
+    """(full model, trunk, cached model, trained names, stage-2 head, open cache) as stage 3 assembles them."""
+    from finetune import cached as fc, model as fm
 
     cache = open_cache(views_cache, need_labels=True)
-    model, trunk, cached, names, head_src = fc.build_models(cache, str(head_dir), "mixed6", "mixed7")
+    model, trunk, head_src = fm.assemble(cache, str(head_dir), "mixed7")
+    cached, names = fc.build_cached_model(model, trunk, "mixed6")
     yield model, trunk, cached, names, head_src, cache
     cache.close()
 
 
-def ft_args(train_dir, features, head_dir, model_dir, *extra):
-    from finetune.__main__ import parse_args  # stage 3's parser: --from-cache dispatches these same arguments
+def ft_settings(train_dir, features, head_dir, model_dir, **extra):
+    """`make finetune FROM_CACHE=1 BATCH=16 ...` as stage 3's library takes it."""
+    from finetune.run import Settings
 
-    return parse_args(["--data", str(train_dir), "--features", str(features), "--head-dir", str(head_dir),
-                       "--model-dir", str(model_dir), "--batch", "16", *extra])
+    return Settings(data=str(train_dir), features=str(features), head_dir=str(head_dir), model_dir=str(model_dir),
+                    batch=16, from_cache=True, **extra)
 
 
 # -- augmented views ---------------------------------------------------------------------------------------
@@ -78,19 +81,20 @@ def test_views_are_deterministic_per_image_and_view():
 
 def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, monkeypatch):
     from cache import fingerprint
-    from extract import __main__ as ex, backbone, images, views
+    from extract import backbone, features, images, views
 
     imgs, info = images.discover(train_dir), backbone.resolve_weights("none")
 
-    def state(*extra):
-        a = ex.parse_args(extract_args(train_dir, views_cache, "--layers", "mixed6,mixed7", *extra))
-        return cache_state(str(views_cache), fingerprint(ex.resolve_config(a, imgs, info)))
+    def state(aug_views=0):
+        s = features.Settings(data=str(train_dir), features=str(views_cache), img_size=IMG, layers=("mixed6", "mixed7"),
+                              weights="none", batch=16, aug_views=aug_views)
+        return cache_state(str(views_cache), fingerprint(features.resolve_config(s, imgs, info)))
 
-    assert state("--aug-views", str(K)) == "up-to-date"
-    assert state("--aug-views", str(K + 1)) == "stale"
+    assert state(K) == "up-to-date"
+    assert state(K + 1) == "stale"
     assert state() == "stale"  # no views
     monkeypatch.setattr(views, "ROTATION", views.ROTATION / 2)  # the policy's code changed
-    assert state("--aug-views", str(K)) == "stale"
+    assert state(K) == "stale"
     with open_cache(views_cache) as c:
         assert json.loads(c.f.attrs["augmentation"]) == c.config["augmentation"]
         assert c.config["augmentation"]["views"] == K and c.config["augmentation"]["layers"] == ["mixed6"]
@@ -266,9 +270,10 @@ def test_one_step_changes_the_weights_exactly_as_end_to_end(built, train_dir, op
 
 
 def test_exported_model_predicts_what_the_cached_model_predicted(built, train_dir, tmp_path):
-    from classify.train import EpochFeed
-    from finetune import cached as fc, model as fm, train
-    from finetune.predict import load_model, predict_files
+    from core.runs import epoch_clock
+    from finetune import cached as fc, train
+    from finetune.predict import predict_files
+    from finetune.record import load_model, save_model
 
     model, _, cached, _, _, cache = built
     w0 = [v.numpy().copy() for v in model.weights]
@@ -277,13 +282,13 @@ def test_exported_model_predicts_what_the_cached_model_predicted(built, train_di
     try:
         train.compile_for_finetuning(cached, 1e-3, xla=False)  # a large LR: the weights must really move
         feeds = fc.ViewFeeds(cache, "mixed6", tr, va, 16, 0, 1.0, False)
-        cached.fit(feeds.train(), epochs=1, verbose=0, shuffle=False, callbacks=[EpochFeed(feeds)])
+        cached.fit(feeds.train(), epochs=1, verbose=0, shuffle=False, callbacks=[epoch_clock(feeds)])
         moved = [v.path for v in model.trainable_weights if not np.array_equal(v.numpy(), before[v.path])]
         assert len(moved) == 14  # every block convolution and the head were trained
         rows = np.concatenate([tr, va])
         p_cached = fc.predict_rows(cached, cache, "mixed6", rows, 16)
         path = str(tmp_path / "model.keras")
-        fm.save_model(model, path, {"image_size": IMG, "class_names": cache.class_names, "config": {"test": True}})
+        save_model(model, path, {"image_size": IMG, "class_names": cache.class_names, "config": {"test": True}})
     finally:
         for v, a in zip(model.weights, w0):
             v.assign(a)
@@ -297,13 +302,13 @@ def test_exported_model_predicts_what_the_cached_model_predicted(built, train_di
 
 
 # -- the entry point ---------------------------------------------------------------------------------------
-def test_run_cached_writes_the_model_that_predict_loads(views_cache, head_dir, train_dir, tmp_path, capsys):
-    from finetune.cached import run_cached
-    from finetune.predict import load_model
+def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_dir, train_dir, tmp_path, capsys):
+    from finetune.record import load_model
+    from finetune.run import finetune
 
     model_dir = tmp_path / "ft"
-    a = ft_args(train_dir, views_cache, head_dir, model_dir, "--epochs", "2", "--lr", "1e-4")
-    assert run_cached(a) == 0
+    a = ft_settings(train_dir, views_cache, head_dir, model_dir, epochs=2, lr=1e-4)
+    assert finetune(a) == 0
     out = capsys.readouterr().out
     assert "equivalence:" in out and "export:" in out and "clean + 2 cached views" in out
     model, meta = load_model(str(model_dir / "model.keras"))
@@ -314,21 +319,21 @@ def test_run_cached_writes_the_model_that_predict_loads(views_cache, head_dir, t
     assert m["equivalence"]["max_abs_diff"] <= 1e-3 and m["export_check"]["max_abs_diff"] <= 1e-3
     assert m["export_check"]["n_images"] > 0 and len(m["history"]["epoch"]) == 2
     assert (model_dir / "curves.png").exists() and not (model_dir / "_work").exists()
-    assert run_cached(a) == 0 and "up to date" in capsys.readouterr().out
+    assert finetune(a) == 0 and "up to date" in capsys.readouterr().out
 
 
-def test_run_cached_refuses_a_cache_without_mixed6(cache_path, head_dir, train_dir, tmp_path):
-    from finetune.cached import run_cached
+def test_cached_finetune_refuses_a_cache_without_mixed6(cache_path, head_dir, train_dir, tmp_path):
+    from finetune.run import finetune
 
     with pytest.raises(CacheMismatch, match=r"make features LAYERS=mixed6,mixed7"):
-        run_cached(ft_args(train_dir, cache_path, head_dir, tmp_path / "ft"))
+        finetune(ft_settings(train_dir, cache_path, head_dir, tmp_path / "ft"))
     assert not (tmp_path / "ft").exists()
 
 
-def test_run_cached_refuses_a_head_of_another_cache(views_cache, head_dir, train_dir, tmp_path):
+def test_cached_finetune_refuses_a_head_of_another_cache(views_cache, head_dir, train_dir, tmp_path):
     import shutil
 
-    from finetune.cached import run_cached
+    from finetune.run import finetune
 
     other = tmp_path / "head"
     shutil.copytree(head_dir, other)
@@ -336,4 +341,4 @@ def test_run_cached_refuses_a_head_of_another_cache(views_cache, head_dir, train
     record["cache"]["fingerprint"] = "0" * 64
     (other / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(WorkflowError, match="trained on another cache"):
-        run_cached(ft_args(train_dir, views_cache, other, tmp_path / "ft"))
+        finetune(ft_settings(train_dir, views_cache, other, tmp_path / "ft"))

@@ -17,12 +17,13 @@ HEAD_EPOCHS, HEAD_LR = 15, 1e-2  # random-init features are tiny (std ~1e-3): a 
 
 
 def write_head(cache_path, head_dir, epochs=HEAD_EPOCHS, lr=HEAD_LR, seed=0):
-    """A stage-2 HEAD_DIR (head.keras + metrics.json in stage 2's contract), trained briefly on the cached features."""
+    """A stage-2 HEAD_DIR, written by stage 2's own record module, of a head trained briefly on the cached features."""
     import keras
 
     from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
+    from classify import record
     from classify.head import build_head
-    from classify.report import binary_metrics
+    from core.metrics import scores, val_keys
 
     with open_cache(cache_path, need_labels=True) as c:
         keras.utils.set_random_seed(seed)
@@ -31,13 +32,10 @@ def write_head(cache_path, head_dir, epochs=HEAD_EPOCHS, lr=HEAD_LR, seed=0):
         tr = c.rows(SPLIT_TRAIN)
         head.fit(c.read(tr), c.labels[tr].astype("float32"), epochs=epochs, batch_size=16, verbose=0)
         va = c.rows(SPLIT_VAL)
-        scores = binary_metrics(c.labels[va], head.predict(c.read(va), verbose=0))  # as stage 2 records them
-        os.makedirs(head_dir, exist_ok=True)
-        head.save(os.path.join(head_dir, "head.keras"))
-        record = {"path": c.path, "fingerprint": c.fingerprint, "layer": c.layer,
-                  "feature_shape": list(c.feature_shape())}
-    with open(os.path.join(head_dir, "metrics.json"), "w") as f:
-        json.dump({"head": scores, "baseline": {}, "cache": record, "config": {"epochs": epochs, "lr": lr}}, f)
+        record.begin(head_dir)
+        record.save_head(head_dir, head)
+        head_scores = val_keys(scores(c.labels[va], head.predict(c.read(va), verbose=0)))  # as stage 2 records them
+        record.write_metrics(head_dir, head_scores, {}, c, c.layer, {"epochs": epochs, "lr": lr})
     return head_dir
 
 
@@ -47,10 +45,7 @@ def build_from_cache(cache_path, head_dir):
     from finetune import model as fm
 
     cache = open_cache(cache_path, need_labels=True)
-    model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), cache.layer,
-                                       cache.feature_shape(), cache.provenance["backbone_digest"], cache.path)
-    head_src = fm.load_head(head_dir)
-    fm.copy_head_weights(model.get_layer("head"), head_src, head_dir)
+    model, trunk, head_src = fm.assemble(cache, head_dir, cache.layer)
     return model, trunk, cache, head_src
 
 
@@ -85,10 +80,10 @@ def run_main(argv, capsys):
 # -- the equivalence check -------------------------------------------------------------------------------
 def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
     from cache import SPLIT_VAL
-    from finetune import train
+    from finetune import equivalence
 
     model, _, cache, head_src = built
-    eq, p_full = train.equivalence_check(model, head_src, cache, cache.layer, str(train_dir), 16)
+    eq, p_full = equivalence.full_model(model, head_src, cache, cache.layer, str(train_dir), 16)
     rows = cache.rows(SPLIT_VAL)
     p_head = head_src.predict(cache.read(rows), verbose=0).ravel()
     assert eq["n_val"] == len(rows) > 10
@@ -99,8 +94,8 @@ def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
 
 
 def test_equivalence_check_catches_a_changed_head(built, train_dir):
-    from finetune import train
-    from finetune.model import EquivalenceError
+    from finetune import equivalence
+    from finetune.equivalence import EquivalenceError
 
     model, _, cache, head_src = built
     out = model.get_layer("head").get_layer("head_output")
@@ -108,7 +103,7 @@ def test_equivalence_check_catches_a_changed_head(built, train_dir):
     out.set_weights([kernel, bias + 1.0])
     try:
         with pytest.raises(EquivalenceError, match="equivalence check failed"):
-            train.equivalence_check(model, head_src, cache, cache.layer, str(train_dir), 16)
+            equivalence.full_model(model, head_src, cache, cache.layer, str(train_dir), 16)
     finally:
         out.set_weights([kernel, bias])
 
@@ -192,7 +187,7 @@ def test_refuses_data_that_is_not_the_cached_image_set(cache_path, head_dir, tmp
 
 # -- what is trained -------------------------------------------------------------------------------------
 def test_trainable_set_is_the_non_bn_layers_from_unfreeze_from(built):
-    from cache import WorkflowError
+    from core import WorkflowError
     from finetune import model as fm
 
     model, trunk, _, _ = built
@@ -218,7 +213,8 @@ def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
     import keras
 
     from cache import SPLIT_TRAIN
-    from finetune import data, model as fm, train
+    from extract.pipeline import labelled_dataset
+    from finetune import model as fm, train
 
     model, trunk, cache, _ = built
     saved = model.get_weights()
@@ -229,7 +225,7 @@ def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
         stats = {l.name: (l.moving_mean.numpy().tobytes(), l.moving_variance.numpy().tobytes()) for l in bns}
         convs = {l.name: l.kernel.numpy().copy() for l in model.layers if isinstance(l, keras.layers.Conv2D)}
         tr = cache.rows(SPLIT_TRAIN)[:32]
-        ds = data.labelled_dataset(str(train_dir), [cache.paths[i] for i in tr], cache.labels[tr], 75, 16,
+        ds = labelled_dataset(str(train_dir), [cache.paths[i] for i in tr], cache.labels[tr], 75, 16,
                                    seed=1, augment=True)
         model.fit(ds, epochs=1, verbose=0, shuffle=False)
 
@@ -248,7 +244,7 @@ def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
 
 # -- the command, killed and resumed -----------------------------------------------------------------------
 def test_finetune_resumes_after_sigkill_and_writes_its_artifacts(train_dir, cache_path, head_dir, tmp_path):
-    from finetune.model import load_model
+    from finetune.record import load_model
 
     model_dir = tmp_path / "ft"
     args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "3", "--seed", "7")
@@ -306,13 +302,16 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 from extract import images
-from finetune import data, model as fm, train
+from extract.pipeline import labelled_dataset
+from finetune import model as fm, train
 
 imgs = images.discover(sys.argv[1])
-ds = data.labelled_dataset(imgs.root, imgs.paths[:24], imgs.labels[:24], 75, 8)  # 3 steps, fixed order
+# Stage 3's batch rule, as finetune/__main__.py applies it: 24 rows are 3 whole batches of 8; 17 rows end in a batch of
+# one real row and 7 zero-weight ones, which without the rule tf.distribute split as 1 + 0 (an empty replica batch).
+DATASETS = {n: labelled_dataset(imgs.root, imgs.paths[:n], imgs.labels[:n], 75, 8, pad_last=True) for n in (24, 17)}
 
 
-def run(strategy, w0=None):
+def run(strategy, ds, w0=None):
     class Losses(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             seen.append(float(logs["loss"]))
@@ -335,11 +334,12 @@ def run(strategy, w0=None):
 
 mirrored = train.make_strategy(["/cpu:0", "/cpu:1"])
 single = train.make_strategy()  # no GPU here: the default one-device strategy
-one, w_one, w0, moved_one = run(single)
-two, w_two, _, moved_two = run(mirrored, w0)
-res = {"replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync], "kind": type(mirrored).__name__,
-       "one": one, "two": two, "moved": [moved_one, moved_two],
-       "weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_one, w_two))}
+res = {"replicas": [single.num_replicas_in_sync, mirrored.num_replicas_in_sync], "kind": type(mirrored).__name__}
+for n, ds in DATASETS.items():
+    one, w_one, w0, moved_one = run(single, ds)
+    two, w_two, _, moved_two = run(mirrored, ds, w0)
+    res[n] = {"one": one, "two": two, "moved": [moved_one, moved_two],
+              "weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_one, w_two))}
 # Then the command itself, as it runs where 2 GPUs are visible: make_strategy() finds these two devices instead.
 from finetune.__main__ import main
 train.make_strategy = lambda devices=None: mirrored
@@ -356,18 +356,19 @@ def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir, 
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["replicas"] == [1, 2] and res["kind"] == "MirroredStrategy"
-    one, two = np.array(res["one"]), np.array(res["two"])
-    assert len(one) == len(two) == 3 and np.isfinite(two).all()
-    assert one[-1] != one[0]  # the running loss changed: the steps really trained something
-    np.testing.assert_allclose(two, one, rtol=1e-4)
-    assert min(res["moved"]) > 1e-4  # Adam at 1e-3 moved the weights in both runs ...
-    assert res["weight_diff"] < 1e-2 * min(res["moved"])  # ... to the same place
+    for n in ("24", "17"):  # 17: the last batch (1 real row) is smaller than the number of replicas
+        one, two = np.array(res[n]["one"]), np.array(res[n]["two"])
+        assert len(one) == len(two) == 3 and np.isfinite(two).all(), n
+        assert one[-1] != one[0]  # the running loss changed: the steps really trained something
+        np.testing.assert_allclose(two, one, rtol=1e-4)
+        assert min(res[n]["moved"]) > 1e-4  # Adam at 1e-3 moved the weights in both runs ...
+        assert res[n]["weight_diff"] < 1e-2 * min(res[n]["moved"])  # ... to the same place
     # `make finetune` under the strategy: the replicated copy trained, the float32 single-device model was saved
     assert res["exit"] == 0 and "2 replica(s) x 8 images" in r.stdout, r.stdout[-3000:]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["config"]["replicas"] == 2 and metrics["config"]["per_replica_batch"] == 8
     assert metrics["reload_max_abs_diff"] <= 1e-3 and np.isfinite(metrics["history"]["loss"]).all()
-    from finetune.model import load_model
+    from finetune.record import load_model
 
     model, _ = load_model(str(model_dir / "model.keras"))
     assert model.dtype_policy.name == "float32"

@@ -23,11 +23,13 @@ import pytest
 from conftest import ROOT, extract_args, run_module
 
 import cache
-from cache import (SPLIT_TRAIN, SPLIT_VAL, CacheWriter, FeatureCache, WorkflowError, epoch_windows, fingerprint,
+import cache.format
+from core import WorkflowError
+from cache import (SPLIT_TRAIN, SPLIT_VAL, CacheWriter, FeatureCache, epoch_windows, fingerprint,
                    open_cache)
 from classify.__main__ import parse_args
 from classify.data import parse_bytes
-from classify.report import partial_name
+from core.files import partial_name
 
 
 def classify_args(features, head_dir, *extra):
@@ -66,7 +68,7 @@ def test_head_and_baseline_learn_the_synthetic_task(trained, cache_path):
     assert re.search(r"^val accuracy\s+[\d.]+\s+[\d.]+$", proc.stdout, re.M)
     with open(os.path.join(head_dir, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert not os.path.exists(os.path.join(head_dir, "resume"))  # finished runs leave nothing to resume
+    assert not os.path.exists(os.path.join(head_dir, "_work"))  # finished runs leave nothing to resume
 
 
 def test_saved_head_and_baseline_reproduce_their_metrics_on_raw_features(trained, cache_path):
@@ -109,7 +111,7 @@ def big_cache(cache_path, tmp_path_factory):
     config.update(data="resampled", n_inputs=n, inputs_fingerprint=fingerprint(paths))
     path = tmp_path_factory.mktemp("big") / "big.h5"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cache.store, "CHUNK_BYTES", 256 << 10)  # the file records its chunking; readers follow it
+        mp.setattr(cache.format, "CHUNK_BYTES", 256 << 10)  # the file records its chunking; readers follow it
         w = CacheWriter(path, config, paths, y, stratified_split(y, 0.2, 42), {"mixed7": x.shape[1:]})
         w.start()
         w.commit(np.arange(n), {"mixed7": x}, [], n)
@@ -290,7 +292,7 @@ def test_make_demo_runs_this_stage_with_flags_argparse_accepts():
 # -- resume after SIGKILL -----------------------------------------------------------------------------------------
 def _backup_epoch(head_dir):
     try:
-        with open(os.path.join(head_dir, "resume", "backup", "training_metadata.json")) as f:
+        with open(os.path.join(head_dir, "_work", "backup", "training_metadata.json")) as f:
             return json.load(f)["epoch"]
     except (OSError, ValueError):
         return 0

@@ -13,7 +13,7 @@ from test_finetune import build_from_cache, write_head
 @pytest.fixture(scope="module")
 def model_file(cache_path, tmp_path_factory):
     """A model.keras as `make finetune` writes it (head on the rebuilt backbone; not fine-tuned, to stay fast)."""
-    from finetune.model import save_model
+    from finetune.record import save_model
 
     head_dir = write_head(cache_path, str(tmp_path_factory.mktemp("head")))
     model, _, cache, _ = build_from_cache(cache_path, head_dir)
@@ -36,7 +36,7 @@ def kaggle_test_dir(tmp_path_factory):
 def reference_probs(model_file, folder, names):
     """P(dog) from the loaded model on stage 1's decode, one image at a time: what every row must hold."""
     from extract.images import load_image
-    from finetune.model import load_model
+    from finetune.record import load_model
 
     model, _ = load_model(model_file)
     x = np.stack([load_image(os.path.join(folder, n), IMG) for n in names]).astype("float32")

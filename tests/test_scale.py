@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: `make install
 from cache import CacheIncomplete, open_cache  # noqa: E402
 from cache.shards import ShardFailed, manifest_path, read_manifest, shard_path, shard_ranges  # noqa: E402
 from conftest import extract_args, run_module  # noqa: E402
-from extract.__main__ import main as extract_main, parse_args  # noqa: E402
+from extract.__main__ import main as extract_main, parse_args  # noqa: E402  (the CLI, as `make` runs it)
 from extract.shard import connect, pool_plan, run_sharded  # noqa: E402
 from extract.synth import make_dataset  # noqa: E402
 

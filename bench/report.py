@@ -1,0 +1,68 @@
+"""The bench's verdicts against its targets, and bench.md.
+
+Reads the results dict the suite builds. Writes nothing itself (bench/suite.py writes bench.json and bench.md).
+Example: python -m bench --n 600
+"""
+TARGETS = {"extract_vs_forward": (">=", 0.85), "head_epoch_speedup": (">=", 10.0),
+           "first_head_speedup": (">", 1.0), "head_rss_growth": ("<=", 1.10),
+           "cached_finetune_speedup": (">=", 5.0)}
+
+
+def check(key, value):
+    op, target = TARGETS[key]
+    ok = {">=": value >= target, ">": value > target, "<=": value <= target}[op]
+    return {"value": round(value, 3), "target": f"{op} {target}", "met": bool(ok)}
+
+
+def markdown(res) -> str:
+    lines = [f"Measured by `make bench` (BENCH_N={res['config']['n']}, {res['config']['img_size']}px, "
+             f"WEIGHTS=none) on {res['machine']['cpu']}, {res['machine']['cores']} cores, "
+             f"GPU: {', '.join(res['machine']['gpus']) or 'none'}; {res['created']}.", "",
+             "| key | value | target | met |", "|---|---|---|---|"]
+    for key, r in res["targets"].items():
+        lines.append(f"| `{key}` | {r['value']} | {r['target']} | {'yes' if r['met'] else '**no**'} |")
+    for key in ("baseline_fit_s", "extract_img_s", "forward_img_s", "recipe_epoch_s", "head_epoch_s",
+                "head_epoch_s_deterministic", "head_epoch_speedup_deterministic"):
+        lines.append(f"| `{key}` | {res[key]:.3f} | reported | |")
+    g, ft = res["gflops_per_example"], res["cached_finetune"]
+    lines.append(f"| `head_epoch_speedup` if every FLOP took as long (train step / val forward GFLOPs per image: "
+                 f"recipe {g['recipe']['train']:.3f} / {g['recipe']['val']:.3f}, head {g['head']['train']:.3f} / "
+                 f"{g['head']['val']:.3f}) | {res['head_epoch_flop_ceiling']:.1f} | ceiling | |")
+    b = res["head_breakdown"]
+    lines.append(f"| head epoch on in-memory features, Adam / SGD (no optimizer state) | "
+                 f"{b['head_epoch_s_in_memory_adam']:.2f} s / {b['head_epoch_s_in_memory_sgd']:.2f} s | reported | |")
+    g = ft["gflops_per_example"]
+    lines.append(f"| `cached_finetune_speedup` if every FLOP took as long (end-to-end {g['end_to_end']['train']:.3f}"
+                 f" / {g['end_to_end']['val']:.3f}, cached {g['cached']['train']:.3f} / {g['cached']['val']:.3f}) "
+                 f"| {ft['flop_ceiling']:.1f} | ceiling | |")
+    b = res["baseline_at_scale"]
+    lines.append(f"| `baseline_fit_s` at {b['rows']:,} x {b['channels']} | {b['seconds']:.1f} | reported | |")
+    d = res["float16_vs_float32"]
+    for part in ("head", "baseline"):
+        a, b = d[f"{part}_float32"], d[f"{part}_float16"]
+        lines.append(f"| `float16_vs_float32` {part} | acc {a['val_accuracy']:.4f} vs {b['val_accuracy']:.4f}, "
+                     f"log loss {a['val_log_loss']:.4f} vs {b['val_log_loss']:.4f} | reported | |")
+    lines.append(f"| float16 feature error | max abs {d['feature_max_abs_err']:.2e}, max rel "
+                 f"{d['feature_max_rel_err']:.2e}; disk {d['disk_mib_float16']:.1f} vs {d['disk_mib_float32']:.1f} MiB "
+                 f"| reported | |")
+    r = res["rss"]
+    lines.append(f"| head peak RSS | {r['head_peak_rss_mib_1x']:.0f} MiB on {r['cache_mib_1x']:.0f} MiB cache, "
+                 f"{r['head_peak_rss_mib_4x']:.0f} MiB on {r['cache_mib_4x']:.0f} MiB | reported | |")
+    lines.append(f"| fine-tune epoch ({ft['n_train']} train + {ft['n_val']} val images) | end-to-end "
+                 f"{ft['end_to_end_epoch_s']:.1f} s, cached {ft['cached_epoch_s']:.2f} s | reported | |")
+    lines.append(f"| per cached view at mixed6 {tuple(ft['feature_shape'])} | disk {ft['disk_bytes_per_view'] / 2**10:.0f} "
+                 f"KiB, RAM {ft['ram_bytes_per_view'] / 2**10:.0f} KiB (float32 while training) | reported | |")
+    for key, value in res.get("ray", {}).items():
+        lines.append(f"| `{key}` | {value:.1f} | reported | |")
+    if "ray_note" in res:
+        lines.append(f"| Ray extraction images/s | {res['ray_note']} | | |")
+    if "device" in res:
+        d = res["device"]
+        lines.append(f"| on {d['device']}: extraction / fine-tuning images/s | {d['extract_img_s']:.1f} / float32 "
+                     f"{d['finetune_img_s_float32']:.1f}, mixed_float16 {d['finetune_img_s_mixed_float16']:.1f} "
+                     f"| reported | |")
+    else:
+        lines.append("| GPU extraction / fine-tuning images/s | not measured: no GPU on this machine | | |")
+    spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
+    lines.append(f"| wall seconds per part | {spent} | | |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""Stage 1 as a library: the cache's identity, the traced forward pass, and the decode -> forward -> commit loop.
+
+Reads DATA (any supported layout). Writes FEATURES (layout in README, "The cache file") and, next to it,
+`<name>.skipped.txt` listing undecodable files with their reasons.
+Example: python -m extract --data data/train --features artifacts/features.h5 --img-size 150 --weights imagenet
+
+`extract_features(Settings(...))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
+(`run_extraction`) inside each Ray worker.
+"""
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint
+from core import WorkflowError
+from core.files import write_text
+from core.versions import package_versions
+
+from . import backbone, images, pipeline, views
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `make features` is told (Make variables, README "Stage 1")."""
+
+    data: str = "data/train"
+    features: str = "artifacts/features.h5"
+    img_size: int = 150
+    layers: tuple = (backbone.FEATURE_LAYER,)  # the first is the cache's `features`
+    weights: str = "imagenet"
+    val_split: float = 0.2
+    seed: int = 42
+    batch: int = 32
+    dtype: str = "float32"
+    aug_views: int = 0
+    engine: str = "local"
+    shards: int = 2
+
+
+def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict) -> dict:
+    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
+    # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
+    aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
+    return {
+        "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
+        "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
+        "data": os.path.abspath(imgs.root), "layout": imgs.layout, "class_names": imgs.class_names,
+        "n_inputs": len(imgs.paths), "inputs_fingerprint": imgs.files_fingerprint(),
+        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
+    }
+
+
+def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
+    """The train/val split of every input (SPLIT_NONE for an unlabelled folder), drawn once over all inputs."""
+    if imgs.labelled:
+        return images.stratified_split(imgs.labels, val_split, seed)
+    return np.full(len(imgs.paths), SPLIT_NONE, np.int8)
+
+
+def make_forward(model):
+    """The compiled inference call: uint8 batch in, list of feature maps out."""
+    import tensorflow as tf
+
+    def forward(x):
+        out = model(tf.cast(x, tf.float32), training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return tf.function(forward, reduce_retracing=True)
+
+
+def check_views(aug_views: int, imgs: images.ImageSet, layers):
+    """AUG_VIEWS needs labelled data and the view layers among LAYERS."""
+    if aug_views < 0:
+        raise WorkflowError(f"AUG_VIEWS={aug_views}: must be >= 0 (0 = no augmented views), e.g. AUG_VIEWS=2")
+    if not aug_views:
+        return
+    need = [l for l in views.VIEW_LAYERS if l not in layers]
+    if need:
+        raise WorkflowError(f"AUG_VIEWS={aug_views}: views are cached at {','.join(views.VIEW_LAYERS)}, which "
+                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS=mixed6,mixed7 "
+                            f"AUG_VIEWS={aug_views}`")
+    if not imgs.labelled:
+        raise WorkflowError(f"AUG_VIEWS={aug_views}: DATA={imgs.root} is unlabelled, and views are made for "
+                            f"train images only; use AUG_VIEWS=0 for it")
+
+
+def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_extractor=None):
+    """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds).
+
+    Three stages overlap: tf.data decodes the next batches in parallel, the model runs this one, and a background
+    thread writes the previous ones to HDF5 (cache.BackgroundCommits). `view_extractor`
+    (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each commit.
+    """
+    from tqdm import tqdm
+
+    t0, n_done, n_skip = time.perf_counter(), 0, 0
+    bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(layers), unit="img")
+    with BackgroundCommits(writer) as commits:
+        for idx, x, ok, reason in pipeline.image_batches(imgs.root, imgs.paths, img_size, batch,
+                                                         np.arange(start, len(imgs.paths))):
+            idx, ok = idx.numpy(), ok.numpy()
+            if len(idx) < batch:  # pad the last batch: a new shape would retrace the whole graph (~5 s on a CPU)
+                x = np.concatenate([x.numpy(), np.zeros((batch - len(idx),) + tuple(x.shape[1:]), np.uint8)])
+            feats = [f[:len(idx)] for f in forward(x)]
+            skipped = [(int(i), r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+            for i, r in skipped:
+                tqdm.write(f"skipped {imgs.paths[i]}: {r}")
+            extra = {}
+            if view_extractor is not None:  # train rows only, in row order: what CacheWriter.commit expects
+                train = ok & (writer.split[idx] == SPLIT_TRAIN)
+                extra["views"] = view_extractor(np.asarray(x)[:len(idx)][train], idx[train])
+            commits.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1,
+                           **extra)
+            n_done += int(ok.sum())
+            n_skip += len(skipped)
+            bar.update(len(idx))
+    bar.close()
+    return n_done, n_skip, time.perf_counter() - t0
+
+
+def write_skipped(features, skipped) -> str:
+    """`<FEATURES stem>.skipped.txt`: one `path<TAB>reason` line per skipped file; returns its path."""
+    path = os.path.splitext(str(features))[0] + ".skipped.txt"
+    write_text(path, "".join(f"{p}\t{r}\n" for p, r in skipped))
+    return path
+
+
+def extract_features(s: Settings) -> int:
+    """`make features` with ENGINE=local: check, then resume, rebuild or say "up to date"; print the summary."""
+    backbone.check_img_size(s.img_size)
+    imgs = images.discover(s.data)
+    check_views(s.aug_views, imgs, s.layers)
+    split = split_of(imgs, s.val_split, s.seed)
+    weights_info = backbone.resolve_weights(s.weights)
+    config = resolve_config(s, imgs, weights_info)
+    fp = fingerprint(config)
+    state = cache_state(s.features, fp)
+    if state == "up-to-date":
+        print(f"{s.features}: up to date ({len(imgs.paths)} inputs, fingerprint {fp[:12]}); nothing to do")
+        return 0
+    if state == "stale":
+        print(f"{s.features}: stale (configuration or input files changed); rebuilding")
+    elif state == "unreadable":
+        print(f"{s.features}: unreadable as HDF5 (damaged?); rebuilding")
+
+    model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
+    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
+    provenance = {"backbone_digest": backbone.weights_digest(model), "versions": json.dumps(package_versions()),
+                  "command": "make features"}
+    view_shapes, extractor = {}, None
+    if s.aug_views:
+        view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}
+        # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
+        extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
+                                        s.aug_views, s.seed, s.batch)
+    writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, provenance,
+                         view_shapes=view_shapes, n_views=s.aug_views)
+    try:
+        start = writer.start()
+        if start:
+            print(f"{s.features}: resuming at input {start}/{len(imgs.paths)}")
+        n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
+                                            s.img_size, s.batch, view_extractor=extractor)
+        summary = writer.finalize()
+    finally:
+        writer.close()
+    skipped_txt = write_skipped(s.features, summary.skipped)
+    rate = (n_done + n_skip) / dt if dt > 0 else 0.0
+    print(f"{s.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped (see {skipped_txt}); "
+          f"this run {n_done + n_skip:,} images in {dt:.1f}s, {rate:.1f} images/s")
+    return 0

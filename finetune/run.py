@@ -1,0 +1,158 @@
+"""Stage 3 as a library: one skeleton for both paths, end to end (finetune/endtoend.py) and cached (finetune/cached.py).
+
+Reads DATA, FEATURES and HEAD_DIR. Writes MODEL_DIR (finetune/record.py), and MODEL_DIR/_work/ while training.
+Example: python -m finetune --data data/train --features artifacts/features.h5 --head-dir artifacts/head --model-dir artifacts/finetune
+
+checks -> config -> up to date? -> build -> equivalence -> fit -> scores -> artifacts; the path object supplies
+what differs: the cache it needs, its equivalence check, the network it trains, its data and its evaluation.
+"""
+import os
+import time
+from dataclasses import dataclass
+
+from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
+from classify.record import read_head_record
+from core import WorkflowError
+from core.files import fingerprint
+from core.metrics import scores
+from core.runs import RunState, best_epoch
+from core.versions import package_versions
+from extract import images
+
+from . import model as fm, record, train
+from .cached import CachedPath
+from .endtoend import EndToEndPath
+
+DEFAULT_EPOCHS = 10  # an upper bound: early stopping (PATIENCE) usually ends the run sooner
+DEFAULT_BATCH = 32  # the usual InceptionV3 fine-tuning batch; lower it (BATCH=16) if memory runs out
+DEFAULT_LR = 1e-5  # the recipe's: small enough not to undo the pretrained features in the unfrozen block
+CACHE_KEYS = ("backbone", "layer", "image_size", "preprocessing", "resize", "weights", "weights_file", "weights_sha256",
+              "class_names", "val_split", "split_seed")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `make finetune` is told (Make variables, README "Stage 3")."""
+
+    data: str = "data/train"
+    features: str = "artifacts/features.h5"
+    head_dir: str = "artifacts/head"
+    model_dir: str = "artifacts/finetune"
+    unfreeze_from: str = fm.UNFREEZE_FROM
+    epochs: int = DEFAULT_EPOCHS
+    batch: int = DEFAULT_BATCH
+    lr: float = DEFAULT_LR
+    patience: int = train.PATIENCE
+    seed: int = 42
+    mixed_precision: str = "auto"
+    xla: bool = False
+    from_cache: bool = False
+
+
+def check_data(root, cache):
+    """DATA must hold exactly the files the cache was built from (relative paths and sizes)."""
+    imgs = images.discover(root)
+    if imgs.files_fingerprint() != cache.config["inputs_fingerprint"]:
+        raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
+                            f"({cache.config['data']}, {cache.config['n_inputs']} files); pass that folder as DATA, "
+                            f"or rebuild the cache with `make features DATA={root} FEATURES={cache.path}`")
+    return imgs
+
+
+def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, replicas: int) -> dict:
+    """Everything that decides the fine-tuned weights (fingerprinted), plus where things came from."""
+    run = {"cache_fingerprint": cache.fingerprint, "head_sha256": head.sha256(), "unfreeze_from": s.unfreeze_from,
+           "epochs": s.epochs, "batch": s.batch, "lr": s.lr, "patience": s.patience, "seed": s.seed,
+           "mixed_precision": mixed, "xla": bool(s.xla), **path.run_fields(s, cache)}
+    return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
+            "mixed_precision_flag": s.mixed_precision, "gpus": gpus, "replicas": replicas,
+            "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
+            "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",
+            "optimizer": "adam", "loss": "binary_crossentropy", "monitor": "val_loss",
+            "data": os.path.abspath(s.data) if s.data else None, "features": os.path.abspath(s.features),
+            "head_dir": os.path.abspath(s.head_dir), "model_dir": os.path.abspath(s.model_dir),
+            "head_cache": head.as_dict(), "versions": package_versions(), **{k: cache.config[k] for k in CACHE_KEYS}}
+
+
+def finetune(s: Settings) -> int:
+    """`make finetune`: the checks, the equivalence proof, the fine-tuning and MODEL_DIR, for either path."""
+    with open_cache(s.features, need_labels=True, fix="make features") as cache:
+        return _run(s, cache, CachedPath() if s.from_cache else EndToEndPath())
+
+
+def _run(s: Settings, cache, path) -> int:
+    t_start = time.perf_counter()
+    fm.check_recipe(cache.config, cache.path)
+    path.check_cache(cache, s.unfreeze_from)
+    head = read_head_record(s.head_dir, cache)
+    path.check_head_layer(cache, s.unfreeze_from, head.layer)
+    if s.data:  # the images must be the ones cached (relative paths and sizes)
+        check_data(s.data, cache)
+    import keras
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    strategy = train.make_strategy()  # MirroredStrategy when 2+ GPUs are visible
+    replicas = strategy.num_replicas_in_sync
+    train.check_batch(s.batch, replicas)
+    mixed = path.mixed_precision(s.mixed_precision, gpus)
+    cfg = resolve_config(s, cache, head, path, mixed, len(gpus), replicas)
+    model_path = os.path.join(s.model_dir, record.MODEL_FILE)
+    if record.up_to_date(s.model_dir, cfg["run_fingerprint"]):
+        print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
+        return 0
+    weights_info = fm.resolve_cache_weights(cache)
+    model, trunk, head_src = fm.assemble(cache, s.head_dir, head.layer, weights_info)
+    fm.trainable_names(trunk, s.unfreeze_from)  # a wrong UNFREEZE_FROM fails now, not after the equivalence pass
+    eq, p_before = path.equivalence(model, trunk, head_src, cache, head, s)
+
+    # The model that trains: `model` itself, or a copy built under the mixed_float16 policy (float16 compute,
+    # float32 variables; build_head keeps the sigmoid in float32) and/or inside the strategy's scope, which must
+    # create the variables to mirror them. `model` stays float32 on one device: it is what gets saved.
+    tm, tt = model, trunk
+    with strategy.scope():
+        if mixed or replicas > 1:
+            tm, tt = fm.build(cache, weights_info, head.layer, mixed=mixed)
+            tm.set_weights(model.get_weights())
+        trained, names = path.trained(tm, tt, s.unfreeze_from)
+        train.compile_for_finetuning(trained, s.lr, cfg["xla"])  # after set_trainable: compile fixes what trains
+    keras.utils.set_random_seed(s.seed)
+
+    tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
+    ds_train, ds_val, feeds = path.datasets(cache, s, tr, va, replicas)
+    print(f"{path.name} fine-tuning {len(names) - 1} layers from {s.unfreeze_from!r} + head "
+          f"({sum(int(v.numpy().size) for v in trained.trainable_weights):,} parameters) {path.describe(s, cache, tr)}, "
+          f"mixed precision {'on' if mixed else 'off'}, XLA {'on' if cfg['xla'] else 'off'}, "
+          f"{replicas} replica(s) x {s.batch // replicas} images")
+    run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]})
+    t_fit = time.perf_counter()
+    resume = train.fit(trained, ds_train, ds_val, run, s.epochs, s.patience, feeds)
+    fit_s = time.perf_counter() - t_fit
+    if tm is not model:
+        model.set_weights(tm.get_weights())  # the artifact is float32 and on one device: portable, exact on CPUs
+    y_val, p_after, extra = path.evaluate(model, trunk, cache, s, va)
+    before, after = scores(cache.labels[va], p_before), scores(y_val, p_after)
+    rows = run.rows()
+    n_here = len(rows) - resume
+    rate = n_here * len(tr) / fit_s if fit_s else 0.0
+    metrics = {**extra, "reload_max_abs_diff": eq["max_abs_diff"], "equivalence": eq, "before": before,
+               "after": after, "best_epoch": best_epoch(rows), "resumed_after_epoch": resume,
+               "trainable_layers": names,
+               "seconds": {"fit_this_run": fit_s, "total_this_run": time.perf_counter() - t_start},
+               "images_per_second": {"fit": rate, **({"equivalence_check": eq["images_per_second"]}
+                                                    if "images_per_second" in eq else {})},
+               "config": cfg}
+    record.write_artifacts(model, s.model_dir, metrics, cache, rows, path.curves_title(s, cache))
+    run.clear()  # model.keras and metrics.json are written: the run is complete
+    print(f"{model_path}: {len(rows)} epochs (best {metrics['best_epoch'] + 1}) on {len(tr)} images, this run "
+          f"{n_here} in {fit_s:.1f}s, {rate:.1f} images/s; val {change(before, after)}")
+    return 0
+
+
+def change(before: dict, after: dict) -> str:
+    """'accuracy a -> b, log loss c -> d, AUC e -> f' (AUC '-' where undefined)."""
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    return ", ".join(f"{name} {f(before[k])} -> {f(after[k])}"
+                     for name, k in (("accuracy", "accuracy"), ("log loss", "log_loss"), ("AUC", "auc")))
