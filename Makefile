@@ -57,7 +57,7 @@ DEMO_N ?= 240
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install data demo features head finetune predict submission bench test clean
+.PHONY: help install data demo features head finetune predict submission bench test test-fast clean
 
 ## help: list the targets and the variables they read (the default target)
 help:
@@ -133,9 +133,17 @@ submission: $(STAMP)
 bench: $(STAMP) $(SCALE_STAMP)
 	$(PY) -m bench --n $(BENCH_N)
 
-## test: the offline test suite (generated images, WEIGHTS=none, 75x75; installs the Ray extra that it tests)
+## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off
+# TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another
+# order: the suite must pass both ways, whatever this machine's CPU would pick. Offline: generated images,
+# WEIGHTS=none, 75x75; installs the Ray extra that it tests.
 test: $(STAMP) $(SCALE_STAMP)
-	$(PY) -m pytest
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -m "not slow"
+
+## test-fast: the edit-test loop: every test not marked slow (a few minutes on 2 cores), with this CPU's oneDNN default
+test-fast: $(STAMP) $(SCALE_STAMP)
+	$(PY) -m pytest -m "not slow"
 
 ## clean: remove artifacts/ and data/demo (keeps .venv and real data)
 clean:
