@@ -50,6 +50,10 @@ PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
 BENCH_N ?= 600
+# --- report -------------------------------------------------------------------------------------------------
+REPORT_DIR ?= artifacts/report
+TOP_N ?= 24
+EXCLUDE ?=
 # --- demo ---------------------------------------------------------------------------------------------------
 DEMO_DIR ?= data/demo
 DEMO_ART ?= artifacts/demo
@@ -57,7 +61,7 @@ DEMO_N ?= 240
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install data demo features head finetune predict submission bench test test-fast clean
+.PHONY: help install data demo features head finetune predict submission report browser bench test test-fast clean
 
 ## help: list the targets and the variables they read (the default target)
 help:
@@ -68,6 +72,7 @@ help:
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
 	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N)"
+	@echo "  REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
 $(BASE_STAMP): requirements.txt constraints.txt
@@ -100,13 +105,14 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
 	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras PREDICTIONS=$(DEMO_ART)/predictions.csv
 	$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv
-	@echo "demo done: artifacts in $(DEMO_ART)/"
+	$(MAKE) --no-print-directory report DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune REPORT_DIR=$(DEMO_ART)/report
+	@echo "demo done: artifacts in $(DEMO_ART)/; open $(DEMO_ART)/report/report.html in a browser"
 
-## features: stage 1, cache InceptionV3 LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N)
+## features: stage 1, cache InceptionV3 LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
-	  --engine $(ENGINE) --shards $(SHARDS) $(call opt,--batch,$(BATCH))
+	  --engine $(ENGINE) --shards $(SHARDS) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
@@ -128,6 +134,16 @@ predict: $(STAMP)
 ## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST
 submission: $(STAMP)
 	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION)
+
+## report: REPORT_DIR/report.html (scores, top losses, suspected label errors, near-duplicates) + CSVs; MODEL_DIR if it has model.keras
+report: $(STAMP)
+	$(PY) -m report --features $(FEATURES) --head-dir $(HEAD_DIR) --data $(DATA) --report-dir $(REPORT_DIR) \
+	  --top-n $(TOP_N) --seed $(SEED) \
+	  $(if $(filter command line,$(origin MODEL_DIR)),$(call opt,--model-dir,$(MODEL_DIR)),$(if $(wildcard $(MODEL_DIR)/model.keras),--model-dir $(MODEL_DIR)))
+
+## browser: install Debian's chromium (the test that renders report.html headless); a no-op when it is there
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 ## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md
 bench: $(STAMP) $(SCALE_STAMP)

@@ -6,21 +6,33 @@ import numpy as np
 
 THRESHOLD = 0.5  # P(dog) >= 0.5 is a dog: the Kaggle task scores probabilities, the confusion matrix needs a cut
 EPS = 1e-7  # log loss clips P to [EPS, 1 - EPS], as sklearn did before it stopped clipping
-ECE_BINS = 10  # equal-width bins of P(class 1) for the expected calibration error
+BINS = 10  # equal-width bins of P(predicted class): the usual reliability diagram; ~50 val rows a bin at 5,000
 
 
-def expected_calibration_error(y, p, bins: int = ECE_BINS) -> float:
-    """Sum over equal-width bins of |mean P - fraction positive| weighted by the bin's share of rows."""
-    y, p = np.asarray(y, np.float64).reshape(-1), np.asarray(p, np.float64).reshape(-1)
-    if not len(y):
-        return 0.0
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            total += sel.mean() * abs(p[sel].mean() - y[sel].mean())
-    return float(total)
+def reliability(y, p, bins: int = BINS) -> dict:
+    """Per bin of confidence max(p, 1-p): rows, mean confidence, accuracy (NaN where empty)."""
+    y, p = np.asarray(y).astype(int).reshape(-1), np.asarray(p, np.float64).reshape(-1)
+    conf = np.maximum(p, 1 - p)
+    correct = ((p >= THRESHOLD).astype(int) == y).astype(np.float64)
+    # Confidence of a binary prediction lies in [0.5, 1]: bins over that range, the top edge included.
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        mean_conf = np.bincount(which, conf, bins) / count
+        acc = np.bincount(which, correct, bins) / count
+    return {"edges": edges.tolist(), "count": count.tolist(), "confidence": mean_conf.tolist(),
+            "accuracy": acc.tolist()}
+
+
+def expected_calibration_error(y, p, bins: int = BINS) -> float:
+    """Sum over confidence bins of (rows in bin / rows) x |accuracy - mean confidence| (NaN without rows)."""
+    r = reliability(y, p, bins)
+    count = np.asarray(r["count"], np.float64)
+    if count.sum() == 0:
+        return float("nan")
+    gap = np.abs(np.nan_to_num(np.asarray(r["accuracy"]) - np.asarray(r["confidence"])))
+    return float((count / count.sum() * gap).sum())
 
 
 def scores(y, p) -> dict:

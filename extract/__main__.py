@@ -35,6 +35,8 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--aug-views", type=int, default=0,
                    help=f"also cache K augmented views of each train image at {','.join(views.VIEW_LAYERS)} "
                         f"(AUG_VIEWS; 0 = none)")
+    p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
+                                                 "file, e.g. make report's label_issues.csv (EXCLUDE)")
     a = p.parse_args(argv)
     layers = tuple(l.strip() for l in a.layers.split(",") if l.strip())
     if not layers:
@@ -43,10 +45,12 @@ def parse_args(argv=None) -> Settings:
         raise WorkflowError(f"BATCH={a.batch}: must be at least 1, e.g. BATCH=32")
     if a.aug_views and a.engine != "local":  # the shard writers store no views (yet)
         raise WorkflowError(f"AUG_VIEWS={a.aug_views}: not available with ENGINE={a.engine}; use ENGINE=local")
+    if a.exclude and a.engine != "local":
+        raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
     return Settings(data=a.data, features=a.features, img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
-                    engine=a.engine, shards=a.shards)
+                    engine=a.engine, shards=a.shards, exclude=a.exclude)
 
 
 @cli

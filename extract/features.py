@@ -19,7 +19,7 @@ from core import WorkflowError
 from core.files import write_text
 from core.versions import package_versions
 
-from . import backbone, images, pipeline, views
+from . import backbone, exclude, images, pipeline, views
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Settings:
     aug_views: int = 0
     engine: str = "local"
     shards: int = 2
+    exclude: str = ""  # a CSV with a `path` column, or a text file of paths: left out (extract/exclude.py)
 
 
 def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict) -> dict:
@@ -87,12 +88,13 @@ def check_views(aug_views: int, imgs: images.ImageSet, layers):
                             f"train images only; use AUG_VIEWS=0 for it")
 
 
-def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_extractor=None):
+def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_extractor=None, leave_out=()):
     """Decode -> forward -> commit every batch from input `start` on; return (cached, skipped, seconds).
 
     Three stages overlap: tf.data decodes the next batches in parallel, the model runs this one, and a background
     thread writes the previous ones to HDF5 (cache.BackgroundCommits). `view_extractor`
-    (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each commit.
+    (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each commit. Inputs in
+    `leave_out` (EXCLUDE) are not read: extract.exclude records them as skipped.
     """
     from tqdm import tqdm
 
@@ -100,7 +102,7 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_e
     bar = tqdm(total=len(imgs.paths), initial=start, desc="extract " + ",".join(layers), unit="img")
     with BackgroundCommits(writer) as commits:
         for idx, x, ok, reason in pipeline.image_batches(imgs.root, imgs.paths, img_size, batch,
-                                                         np.arange(start, len(imgs.paths))):
+                                                         np.setdiff1d(np.arange(start, len(imgs.paths)), leave_out)):
             idx, ok = idx.numpy(), ok.numpy()
             if len(idx) < batch:  # pad the last batch: a new shape would retrace the whole graph (~5 s on a CPU)
                 x = np.concatenate([x.numpy(), np.zeros((batch - len(idx),) + tuple(x.shape[1:]), np.uint8)])
@@ -136,6 +138,10 @@ def extract_features(s: Settings) -> int:
     split = split_of(imgs, s.val_split, s.seed)
     weights_info = backbone.resolve_weights(s.weights)
     config = resolve_config(s, imgs, weights_info)
+    excluded = []
+    if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
+        excluded, identity = exclude.select(s.exclude, imgs)
+        config.update(identity)
     fp = fingerprint(config)
     state = cache_state(s.features, fp)
     if state == "up-to-date":
@@ -163,7 +169,9 @@ def extract_features(s: Settings) -> int:
         if start:
             print(f"{s.features}: resuming at input {start}/{len(imgs.paths)}")
         n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
-                                            s.img_size, s.batch, view_extractor=extractor)
+                                            s.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
+        if len(excluded):
+            exclude.commit_excluded(writer, excluded, s.exclude)
         summary = writer.finalize()
     finally:
         writer.close()

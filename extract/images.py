@@ -46,6 +46,16 @@ class ImageSet:
         return f"ImageSet({self.root!r}, {self.layout}, {len(self.paths)} images {counts}, {self.ignored} ignored)"
 
 
+def check_same_images(root, cache) -> "ImageSet":
+    """DATA must hold exactly the files the cache was built from (relative paths and sizes), e.g. for stage 3."""
+    imgs = discover(root)
+    if imgs.files_fingerprint() != cache.config["inputs_fingerprint"]:
+        raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
+                            f"({cache.config['data']}, {cache.config['n_inputs']} files); pass that folder as DATA, "
+                            f"or rebuild the cache with `make features DATA={root} FEATURES={cache.path}`")
+    return imgs
+
+
 def is_image_name(name: str) -> bool:
     """Images are judged by extension; hidden files, Thumbs.db, .txt, .csv and the like are ignored."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from classify.record import read_head_record
-from core import WorkflowError
 from core.files import fingerprint
 from core.metrics import scores
 from core.runs import RunState, best_epoch
 from core.versions import package_versions
-from extract import images
+from extract.images import check_same_images
 
 from . import model as fm, record, train
 from .cached import CachedPath
@@ -49,16 +48,6 @@ class Settings:
     from_cache: bool = False
 
 
-def check_data(root, cache):
-    """DATA must hold exactly the files the cache was built from (relative paths and sizes)."""
-    imgs = images.discover(root)
-    if imgs.files_fingerprint() != cache.config["inputs_fingerprint"]:
-        raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
-                            f"({cache.config['data']}, {cache.config['n_inputs']} files); pass that folder as DATA, "
-                            f"or rebuild the cache with `make features DATA={root} FEATURES={cache.path}`")
-    return imgs
-
-
 def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, replicas: int) -> dict:
     """Everything that decides the fine-tuned weights (fingerprinted), plus where things came from."""
     run = {"cache_fingerprint": cache.fingerprint, "head_sha256": head.sha256(), "unfreeze_from": s.unfreeze_from,
@@ -87,7 +76,7 @@ def _run(s: Settings, cache, path) -> int:
     head = read_head_record(s.head_dir, cache)
     path.check_head_layer(cache, s.unfreeze_from, head.layer)
     if s.data:  # the images must be the ones cached (relative paths and sizes)
-        check_data(s.data, cache)
+        check_same_images(s.data, cache)
     import keras
     import tensorflow as tf
 
