@@ -27,6 +27,8 @@ WEIGHTS ?= imagenet
 VAL_SPLIT ?= 0.2
 SEED ?= 42
 DTYPE ?= float32
+# size: input identity = relative paths + byte sizes; content: + sha256 of every file (catches same-size replacements)
+VERIFY ?= size
 AUG_VIEWS ?= 0
 ENGINE ?= local
 SHARDS ?= 2
@@ -37,6 +39,14 @@ LR ?=
 # --- stage 2: head -----------------------------------------------------------------------------------------
 HEAD_DIR ?= artifacts/head
 MEM_BUDGET ?= 2G
+HEAD ?= flatten
+UNITS ?= 1024
+DROPOUT ?= 0.2
+# --- sweep over head designs and settings -------------------------------------------------------------------
+SWEEP_DIR ?= artifacts/sweep
+TRIALS ?= 40
+TIMEOUT ?=
+STORAGE ?=
 # --- stage 3: fine-tuning, prediction ------------------------------------------------------------------------
 MODEL_DIR ?= artifacts/finetune
 UNFREEZE_FROM ?= mixed6
@@ -46,6 +56,9 @@ FROM_CACHE ?= 0
 MODEL ?= $(MODEL_DIR)/model.keras
 INPUT ?= data/test
 TEST ?= data/test
+CALIBRATE ?= 1
+TTA ?= none
+CLIP ?= 0.005
 PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
@@ -61,18 +74,19 @@ DEMO_N ?= 240
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install data demo features head finetune predict submission report browser bench test test-fast clean
+.PHONY: help install data demo features head sweep finetune predict submission report browser bench test test-fast clean
 
 ## help: list the targets and the variables they read (the default target)
 help:
 	@echo "Targets (set variables as make TARGET VAR=value):"
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
 	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
-	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
+	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
 	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N)"
-	@echo "  REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
+	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
+	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
 $(BASE_STAMP): requirements.txt constraints.txt
@@ -112,13 +126,19 @@ demo: $(STAMP)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
-	  --engine $(ENGINE) --shards $(SHARDS) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
+	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
 	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --layer $(LAYER) --seed $(SEED) \
-	  --mem-budget $(MEM_BUDGET) \
+	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+
+## sweep: search head kinds and settings on FEATURES with Optuna (TRIALS, TIMEOUT=30m, STORAGE=<SQLAlchemy URL>) into SWEEP_DIR; best/ is a HEAD_DIR
+sweep: $(STAMP)
+	$(PY) -m classify.sweep --features $(FEATURES) --sweep-dir $(SWEEP_DIR) --trials $(TRIALS) --layer $(LAYER) \
+	  --seed $(SEED) --mem-budget $(MEM_BUDGET) $(call opt,--timeout,$(TIMEOUT)) $(call opt,--storage,$(STORAGE)) \
+	  $(call opt,--epochs,$(EPOCHS))
 
 ## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on cached mixed6)
 finetune: $(STAMP)
@@ -127,13 +147,14 @@ finetune: $(STAMP)
 	  --from-cache $(FROM_CACHE) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
-## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL
+## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)
-	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS)
+	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS) --calibrate $(CALIBRATE) --tta $(TTA)
 
-## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST
+## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST (CALIBRATE, TTA, CLIP)
 submission: $(STAMP)
-	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION)
+	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION) --calibrate $(CALIBRATE) \
+	  --tta $(TTA) --clip $(CLIP)
 
 ## report: REPORT_DIR/report.html (scores, top losses, suspected label errors, near-duplicates) + CSVs; MODEL_DIR if it has model.keras
 report: $(STAMP)

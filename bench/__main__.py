@@ -27,6 +27,10 @@ def parse_args(argv=None):
     p.add_argument("--device-figures", action="store_true",
                    help="measure the GPU figures (fine-tuning images/s with and without mixed precision) even "
                         "without a GPU: they are measured by default only where one is visible")
+    p.add_argument("--sweep-trials", type=int, default=20, help="TRIALS of the timed `make sweep` (sweep_20_s)")
+    p.add_argument("--sweep-epochs", type=int, default=20, help="EPOCHS of each sweep trial")
+    p.add_argument("--report-rows", type=int, default=25_000,
+                   help="synthetic pooled rows for the report's row-dependent parts (report_s at scale)")
     p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
     p.add_argument("--out", default="artifacts/bench.json")
     return Options(**vars(p.parse_args(argv)))

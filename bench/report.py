@@ -63,6 +63,17 @@ def markdown(res) -> str:
                      f"| reported | |")
     else:
         lines.append("| GPU extraction / fine-tuning images/s | not measured: no GPU on this machine | | |")
+    k, t, s, r, c = res["head_kinds"], res["tta"], res["sweep"], res["report"], res["checksums"]
+    lines.append(f"| `pooled_vs_flatten_epoch` | {k['pooled_vs_flatten_epoch']:.1f} (flatten {k['flatten_epoch_s']:.2f} s, "
+                 f"pooled {k['pooled_epoch_s']:.2f} s; {k['note']}) | reported | |")
+    lines.append(f"| `sweep_{s['trials']}_s` | {s['seconds']:.0f} ({s['complete']} complete, {s['pruned']} pruned, "
+                 f"{s['epochs']} epochs at most each) | reported | |")
+    lines.append(f"| TTA=flip cost | {t['tta_flip_cost']:.2f}x ({t['note']}) | reported | |")
+    lines.append(f"| `report_s` | {r['report_s']:.1f} on {r['rows']} rows; row-dependent parts at "
+                 f"{r['at_scale']['rows']:,} rows: {r['at_scale']['report_s']:.1f} s | reported | |")
+    lines.append(f"| `checksum_read_cost` | {c['checksum_read_cost']:.2f} (read {c['plain_read_mb_s']:.0f} vs "
+                 f"{c['checksummed_read_mb_s']:.0f} MB/s; write cost {c.get('checksum_write_cost', float('nan')):.2f}) "
+                 f"| reported | |")
     spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
     lines.append(f"| wall seconds per part | {spent} | | |")
     return "\n".join(lines) + "\n"

@@ -20,7 +20,9 @@ from core.files import write_json, write_text
 from extract import images
 from extract.synth import make_dataset
 
-from . import finetuning as bft, stages
+from cache.integrity import checksum_cost
+
+from . import finetuning as bft, iteration, stages
 from .profile import flop_ceiling
 from .report import check, markdown
 from .timing import machine, median, read_history_seconds, run_head_cli
@@ -41,6 +43,9 @@ class Options:
     head_epochs: int = 6
     skip_ray: bool = False
     device_figures: bool = False
+    sweep_trials: int = 20
+    sweep_epochs: int = 20
+    report_rows: int = 25_000
     work: str = "artifacts/bench_work"
     out: str = "artifacts/bench.json"
 
@@ -117,6 +122,21 @@ def run_bench(a: Options) -> int:
     with section("cached_finetune"):
         res["cached_finetune"] = ft = bft.cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,
                                                               a.batch, repeats=a.repeats, xla=True)
+    with section("head_kinds"):
+        res["head_kinds"] = iteration.pooled_vs_flatten_epoch(cache32, work, epochs=1 + a.repeats)
+        res["pooled_vs_flatten_epoch"] = res["head_kinds"]["pooled_vs_flatten_epoch"]
+    with section("sweep"):
+        res["sweep"] = iteration.sweep_s(cache32, work, a.sweep_trials, a.sweep_epochs)
+        res[f"sweep_{a.sweep_trials}_s"] = res["sweep"]["seconds"]
+    with section("tta"):
+        res["tta"] = iteration.tta_flip_cost(data, a.img_size, a.batch, repeats=a.repeats)
+    with section("report"):
+        res["report"] = iteration.report_seconds(cache32, os.path.join(work, "head-float32"), data, work,
+                                                 a.report_rows)
+        res["report_s"] = res["report"]["report_s"]
+    with section("checksums"):
+        res["checksums"] = checksum_cost(repeats=a.repeats, folder=work)
+        res["checksum_read_cost"] = res["checksums"]["checksum_read_cost"]
     res["targets"] = {
         "extract_vs_forward": check("extract_vs_forward", ext["extract_vs_forward"]),
         "head_epoch_speedup": check("head_epoch_speedup", res["recipe_epoch_s"] / res["head_epoch_s"]),

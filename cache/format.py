@@ -6,17 +6,15 @@ Example: python -c "from cache.format import chunk_rows_for; print(chunk_rows_fo
 import json
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from core.files import fingerprint  # noqa: F401  (the cache's fingerprint is the sha256 of its config's JSON)
 
 FORMAT = "dogcat-feature-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Fletcher32 on every dataset, checksummed metadata, fixed-length strings, sealed attributes
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_NONE = 0, 1, -1
 CHUNK_BYTES = 4 << 20  # ~4 MiB row chunks: big sequential reads, few chunk-index entries
 REASON_BYTES = 160  # skip reasons are short ("cannot identify image file"); fixed width keeps commits in place
-STR_DTYPE = h5py.string_dtype("utf-8")
 
 
 def partial_path(path) -> str:

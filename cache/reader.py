@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import CacheIncomplete, CacheMismatch
 from .format import FORMAT, FORMAT_VERSION, SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, partial_path
+from .integrity import CacheCorrupt, check_attrs, reading
 from .shards import check_sources
 
 class FeatureCache:
@@ -18,9 +19,22 @@ class FeatureCache:
 
     def __init__(self, path):
         self.path = str(path)
+        self.f = None
+        try:
+            with reading(self.path):
+                self._open()
+        except BaseException:
+            if self.f is not None:
+                self.f.close()
+            raise
+
+    def _open(self):
         self.f = h5py.File(self.path, "r")
+        check_attrs(self.f, self.path)
         self.config = json.loads(self.f.attrs["config"])
         self.provenance = json.loads(self.f.attrs["provenance"])
+        # DATA's path is provenance since format 2 (not identity); readers still find it under config["data"].
+        self.config.setdefault("data", self.provenance.get("data"))
         self.fingerprint = str(self.f.attrs["fingerprint"])
         self.layer = self.config["layer"]
         self.layers = list(self.config["layers"])
@@ -66,6 +80,10 @@ class FeatureCache:
 
     def read(self, rows, layer=None, dtype=np.float32) -> np.ndarray:
         """Rows in the order given, read as whole chunks (one contiguous slice per chunk touched, never per row)."""
+        with reading(self.path):
+            return self._read(rows, layer, dtype)
+
+    def _read(self, rows, layer, dtype):
         ds = self.features(layer)
         rows = np.asarray(rows, np.int64)
         out = np.empty((len(rows),) + ds.shape[1:], dtype)
@@ -89,7 +107,10 @@ class FeatureCache:
         if self.n_views(layer) == 0:
             raise CacheMismatch(f"{self.path}: no augmented views at layer {layer!r}; rebuild the cache with "
                                 f"`make features LAYERS={','.join(self.layers)} AUG_VIEWS=2 FEATURES={self.path}`")
-        ds = self.f[f"views/{layer}"]
+        with reading(self.path):
+            return self._read_views(self.f[f"views/{layer}"], rows, view_idx, dtype)
+
+    def _read_views(self, ds, rows, view_idx, dtype):
         rows = np.asarray(rows, np.int64)
         view_idx = np.broadcast_to(np.asarray(view_idx, np.int64), rows.shape)
         pos = self.view_rows[rows]
@@ -130,8 +151,9 @@ def open_cache(path, *, layer=None, need_labels=False, fix="make features") -> F
         with h5py.File(path, "r") as f:
             fmt, complete = f.attrs.get("format"), bool(f.attrs.get("complete", False))
             shard_files = f.attrs.get("shard_files")  # only in the front file of a sharded cache (cache/shards.py)
-    except OSError as e:
-        raise CacheIncomplete(f"{path}: not a readable HDF5 file ({e}); delete it and rerun `{fix}`") from None
+    except (OSError, KeyError, RuntimeError) as e:  # KeyError: h5py's report of a damaged root group
+        raise CacheIncomplete(f"{path}: not a readable HDF5 file, or damaged ({str(e)[:120]}); delete it and rerun "
+                              f"`{fix} FEATURES={path}`") from None
     if fmt != FORMAT:
         raise CacheMismatch(f"{path}: not a feature cache of this project (format={fmt!r}); "
                             f"rerun `{fix} FEATURES={path}`")
@@ -139,12 +161,12 @@ def open_cache(path, *, layer=None, need_labels=False, fix="make features") -> F
         raise CacheIncomplete(f"{path}: cache is incomplete; rerun `{fix} FEATURES={path}` to finish it")
     if shard_files is not None:
         check_sources(path, json.loads(shard_files), fix)  # a missing shard would otherwise read as fill values
-    cache = FeatureCache(path)
-    version = int(cache.f.attrs["format_version"])
+    with reading(path, fix):
+        version = _format_version(path)
     if version != FORMAT_VERSION:
-        cache.close()
-        raise CacheMismatch(f"{path}: format_version={version}, this code reads "
-                            f"{FORMAT_VERSION}; rerun `{fix} FEATURES={path}`")
+        raise CacheMismatch(f"{path}: format_version={version}, this code reads {FORMAT_VERSION} (2 added "
+                            f"checksums); rebuild it with `{fix} FEATURES={path}`")
+    cache = FeatureCache(path)
     if layer is not None and layer not in cache.layers:
         cache.close()
         raise CacheMismatch(f"{path}: layer={cache.layer!r}, expected {layer!r}; "
@@ -159,13 +181,22 @@ def open_cache(path, *, layer=None, need_labels=False, fix="make features") -> F
     return cache
 
 
+def _format_version(path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(f.attrs["format_version"])
+
+
 def cache_state(path, fp: str) -> str:
     """'up-to-date' if a complete cache with fingerprint `fp` is at `path`; else 'missing', 'stale' or 'unreadable'."""
     if not os.path.exists(path):
         return "missing"
     try:
         with h5py.File(path, "r") as f:
-            ok = f.attrs.get("format") == FORMAT and bool(f.attrs.get("complete", False))
-            return "up-to-date" if ok and f.attrs.get("fingerprint") == fp else "stale"
-    except OSError:
+            ok = (f.attrs.get("format") == FORMAT and bool(f.attrs.get("complete", False))
+                  and f.attrs.get("format_version") == FORMAT_VERSION)
+            if ok and f.attrs.get("fingerprint") == fp:
+                check_attrs(f, path)  # damaged attributes: rebuild (damaged data is found by the readers)
+                return "up-to-date"
+            return "stale"
+    except (OSError, KeyError, RuntimeError, CacheCorrupt):
         return "unreadable"

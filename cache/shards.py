@@ -20,7 +20,8 @@ import numpy as np
 from .errors import CacheIncomplete, WorkflowError
 from core.files import file_hash
 
-from .format import FORMAT, STR_DTYPE, WriteSummary, chunk_rows_for, partial_path, write_attrs
+from .format import FORMAT, WriteSummary, chunk_rows_for, partial_path, write_attrs
+from .integrity import LIBVER, fixed_strings, seal_attrs, small_dataset
 
 MANIFEST_VERSION = 1
 
@@ -109,7 +110,7 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries) -> W
                 ds = s[f"layers/{name}"]
                 shapes[name], dtypes[name] = ds.shape[1:], ds.dtype
     n = sum(e["rows"] for e in entries)
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(tmp, "w", libver=LIBVER) as f:
         write_attrs(f, config, fp, provenance)
         for name in config["layers"]:
             layout = h5py.VirtualLayout((n,) + shapes[name], dtypes[name])
@@ -124,19 +125,24 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries) -> W
             # A virtual dataset has no chunks of its own; readers still want a row block to read at a time.
             ds.attrs["chunk_rows"] = chunk_rows_for(shapes[name], dtypes[name])
         f["features"] = f[f"layers/{config['layer']}"]  # hard link, as in the single-file cache
-        f.create_dataset("labels", data=np.concatenate(labels))
-        f.create_dataset("paths", data=np.concatenate(paths).astype(object), dtype=STR_DTYPE)
-        f.create_dataset("split", data=np.concatenate(split))
-        skipped = np.concatenate(skipped).astype(object).reshape(-1, 2)
-        f.create_dataset("skipped", data=skipped, dtype=STR_DTYPE, maxshape=(None, 2))
+        small_dataset(f, "labels", np.concatenate(labels))
+        small_dataset(f, "paths", *fixed_strings([_text(p) for p in np.concatenate(paths)]))
+        small_dataset(f, "split", np.concatenate(split))
+        skipped = np.array([_text(x) for x in np.concatenate(skipped).ravel()], dtype=object).reshape(-1, 2)
+        small_dataset(f, "skipped", *fixed_strings(skipped))
         f.attrs["shard_files"] = json.dumps([{k: e[k] for k in ("file", "fingerprint", "rows")} for e in entries])
         f.attrs["manifest"] = os.path.basename(manifest_path(features))
         f.attrs["n_rows"] = n
         f.attrs["n_skipped"] = len(skipped)
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["complete"] = True
+        seal_attrs(f)
     os.replace(tmp, features)
     return WriteSummary(features, n, [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in skipped])
+
+
+def _text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
 def check_sources(path, shards, fix="make features"):

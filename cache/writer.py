@@ -19,8 +19,9 @@ import time
 import h5py
 import numpy as np
 
-from .format import FORMAT, REASON_BYTES, SPLIT_TRAIN, STR_DTYPE, WriteSummary, chunk_rows_for, fingerprint, \
-    partial_path, write_attrs
+from .format import FORMAT, REASON_BYTES, SPLIT_TRAIN, WriteSummary, chunk_rows_for, fingerprint, partial_path, \
+    write_attrs
+from .integrity import LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, seal_attrs, small_dataset
 
 def _early_dcpl():
     # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
@@ -28,7 +29,9 @@ def _early_dcpl():
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    return dcpl
+    # With a filter, early allocation writes every chunk (checksummed fill) at creation: the disk is taken up
+    # front, and commits still rewrite chunks in place, at the same size and address.
+    return fletcher32_dcpl(dcpl)
 
 
 
@@ -57,8 +60,9 @@ class CacheWriter:
     def start(self) -> int:
         """Open the partial file if it belongs to this configuration, else start afresh; return the resume input index."""
         if os.path.exists(self.tmp):
+            clear_write_flags(self.tmp)  # left set by a killed writer; the caller holds the output lock
             try:
-                f = h5py.File(self.tmp, "r+")
+                f = h5py.File(self.tmp, "r+", libver=LIBVER)
                 # `_progress` goes during finalize: a partial without it was killed there, and is redone whole.
                 if (f.attrs.get("fingerprint") == self.fp and f.attrs.get("format") == FORMAT and "_progress" in f
                         and "inputs_committed" in f.attrs):
@@ -77,7 +81,7 @@ class CacheWriter:
     def _create(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.tmp)), exist_ok=True)
         n = len(self.paths)
-        f = h5py.File(self.tmp, "w")
+        f = h5py.File(self.tmp, "w", libver=LIBVER)
         write_attrs(f, self.config, self.fp, self.provenance)
         f.attrs["complete"] = False
         f.attrs["rows_committed"] = 0
@@ -96,8 +100,10 @@ class CacheWriter:
             ds.attrs["rows"] = "train rows only, in row order; FeatureCache.view_rows maps a row to its entry"
         self.views_done = 0
         g = f.create_group("_progress")
-        g.create_dataset("row_input", shape=(max(n, 1),), dtype=np.int64, dcpl=_early_dcpl())
-        g.create_dataset("reason", shape=(max(n, 1),), dtype=f"S{REASON_BYTES}", dcpl=_early_dcpl())
+        g.create_dataset("row_input", shape=(max(n, 1),), dtype=np.int64, chunks=(min(max(n, 1), 1 << 16),),
+                         dcpl=_early_dcpl())  # chunked: Fletcher32 needs chunks
+        g.create_dataset("reason", shape=(max(n, 1),), dtype=f"S{REASON_BYTES}", chunks=(min(max(n, 1), 4096),),
+                         dcpl=_early_dcpl())
         f.flush()
         self.f = f
 
@@ -148,16 +154,16 @@ class CacheWriter:
         for name in self.view_shapes:
             f[f"views/{name}"].resize(n_train, axis=0)
         f["features"] = f[f"layers/{self.config['layer']}"]  # hard link: the primary layer, no copy
-        f.create_dataset("labels", data=self.labels[rows])
-        f.create_dataset("paths", data=np.array([self.paths[i] for i in rows], dtype=object), dtype=STR_DTYPE)
-        f.create_dataset("split", data=self.split[rows])
-        f.create_dataset("skipped", data=np.array(skipped, dtype=object).reshape(-1, 2), dtype=STR_DTYPE,
-                         maxshape=(None, 2))
+        small_dataset(f, "labels", self.labels[rows])
+        small_dataset(f, "paths", *fixed_strings([self.paths[i] for i in rows]))
+        small_dataset(f, "split", self.split[rows])
+        small_dataset(f, "skipped", *fixed_strings(np.array(skipped, dtype=object).reshape(-1, 2)))
         del f["_progress"]
         f.attrs["n_rows"] = n_rows
         f.attrs["n_skipped"] = len(skipped)
         f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["complete"] = True
+        seal_attrs(f)
         f.flush()
         f.close()
         self.f = None
@@ -166,7 +172,10 @@ class CacheWriter:
 
     def close(self):
         if self.f is not None:
-            self.f.close()
+            try:
+                self.f.close()
+            except OSError:  # after a failed write (a full disk): what was not flushed was not committed either
+                pass
             self.f = None
 
 

@@ -12,6 +12,7 @@ import argparse
 from core import cli
 from extract.backbone import FEATURE_LAYER
 
+from .head import HEAD_DROPOUT, HEAD_KINDS, HEAD_UNITS, head_config
 from .stage import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, Settings, train_head_dir
 
 
@@ -25,6 +26,9 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="examples per step (BATCH)")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (LR)")
     p.add_argument("--seed", type=int, default=42, help="weights init, dropout and shuffling (SEED)")
+    p.add_argument("--head", default="flatten", choices=HEAD_KINDS, help="head kind, see classify/head.py (HEAD)")
+    p.add_argument("--units", type=int, default=HEAD_UNITS, help="hidden Dense units; 0: none (UNITS)")
+    p.add_argument("--dropout", type=float, default=HEAD_DROPOUT, help="dropout rate (DROPOUT)")
     p.add_argument("--deterministic", type=int, default=1, choices=[0, 1],
                    help="op determinism: the same SEED gives the same weights bit for bit; Keras then runs "
                         "without XLA, so epochs took 1.6x as long in make bench (--deterministic 0 --xla 1)")
@@ -38,8 +42,13 @@ def parse_args(argv=None) -> Settings:
             p.error(f"--{name} must be at least 1")
     if not a.lr > 0:
         p.error("--lr must be positive")
+    try:
+        head_config(a.head, a.units, a.dropout)
+    except ValueError as e:
+        p.error(str(e))
     return Settings(features=a.features, head_dir=a.head_dir, layer=a.layer, epochs=a.epochs, batch=a.batch, lr=a.lr,
-                    seed=a.seed, deterministic=bool(a.deterministic), xla=bool(a.xla), mem_budget=a.mem_budget)
+                    seed=a.seed, deterministic=bool(a.deterministic), xla=bool(a.xla), mem_budget=a.mem_budget,
+                    head=a.head, units=a.units, dropout=a.dropout)
 
 
 @cli

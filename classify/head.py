@@ -1,22 +1,64 @@
-"""The dense head of the recipe, built by exactly one function that stages 2 and 3 both call.
+"""The dense head, built by exactly one function that stages 2 and 3 and the sweep all call.
 
-Reads and writes nothing. Example: python -c "from classify.head import build_head; build_head((3, 3, 768)).summary()"
+Reads and writes nothing. Example: python -c "from classify.head import build_head; build_head((3, 3, 768), kind='pooled', units=256).summary()"
+
+Kinds (HEAD=...):
+- flatten: the recipe's Flatten -> Dense(UNITS, relu) -> Dropout -> Dense(1, sigmoid); at 150 px and mixed7 that
+  is 38.5M weights, nearly all in head_dense.
+- pooled: GlobalAveragePooling2D -> Dropout -> Dense(UNITS, relu) -> Dropout -> Dense(1, sigmoid): 768 inputs
+  instead of 3 x 3 x 768 or 7 x 7 x 768, so an epoch costs a fraction; UNITS=0 is a logistic head on the pooled
+  features (GAP -> Dropout -> Dense(1)).
+Every layer before the first Dense is linear (Flatten, average pooling, inference-mode Dropout), which is what
+lets classify.train fold the feature scale into that Dense's kernel (`first_dense`).
 """
+HEAD_KINDS = ("flatten", "pooled")
 HEAD_UNITS = 1024
 HEAD_DROPOUT = 0.2
+DEFAULT = {"kind": "flatten", "units": HEAD_UNITS, "dropout": HEAD_DROPOUT}
 
 
-def build_head(feature_shape, name="head"):
-    """Flatten -> Dense(1024, relu) -> Dropout(0.2) -> Dense(1, sigmoid), as a Model on (h, w, c) feature maps.
+def head_config(kind="flatten", units=HEAD_UNITS, dropout=HEAD_DROPOUT) -> dict:
+    """The checked {"kind", "units", "dropout"} record that metrics.json keeps and build_head takes back."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"HEAD={kind!r}: choose one of {', '.join(HEAD_KINDS)}")
+    if int(units) < 0 or not 0 <= float(dropout) < 1:
+        raise ValueError(f"UNITS={units} DROPOUT={dropout}: need UNITS >= 0 and 0 <= DROPOUT < 1")
+    return {"kind": kind, "units": int(units), "dropout": float(dropout)}
+
+
+def read_head_config(metrics: dict) -> dict:
+    """The head's kind and settings from a HEAD_DIR/metrics.json dict; heads written before kinds existed are
+    the recipe's flatten head."""
+    return head_config(**{**DEFAULT, **(metrics.get("config", {}).get("head") or {})})
+
+
+def build_head(feature_shape, kind="flatten", units=HEAD_UNITS, dropout=HEAD_DROPOUT, name="head"):
+    """The head of `kind` as a Model on (h, w, c) feature maps, ending in Dense(1, sigmoid).
 
     The output layer is float32 even under a mixed-precision policy: a float16 sigmoid saturates and its
     log loss is unstable.
     """
     import keras
 
+    cfg = head_config(kind, units, dropout)
     inp = keras.Input(tuple(feature_shape), name="features")
-    x = keras.layers.Flatten(name="head_flatten")(inp)
-    x = keras.layers.Dense(HEAD_UNITS, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(HEAD_DROPOUT, name="head_dropout")(x)
+    if cfg["kind"] == "flatten":  # the recipe's layers and names: stage 3 copies weights by name
+        x = keras.layers.Flatten(name="head_flatten")(inp)
+        if cfg["units"]:
+            x = keras.layers.Dense(cfg["units"], activation="relu", name="head_dense")(x)
+        x = keras.layers.Dropout(cfg["dropout"], name="head_dropout")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(inp)
+        x = keras.layers.Dropout(cfg["dropout"], name="head_dropout_in")(x)
+        if cfg["units"]:
+            x = keras.layers.Dense(cfg["units"], activation="relu", name="head_dense")(x)
+            x = keras.layers.Dropout(cfg["dropout"], name="head_dropout")(x)
     out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head_output")(x)
     return keras.Model(inp, out, name=name)
+
+
+def first_dense(head):
+    """The first Dense layer: every layer before it is linear, so features / s == that kernel / s."""
+    import keras
+
+    return next(l for l in head.layers if isinstance(l, keras.layers.Dense))

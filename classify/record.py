@@ -13,6 +13,8 @@ from cache import CacheMismatch
 from core import WorkflowError
 from core.files import file_hash, replacing, write_json
 
+from .head import read_head_config
+
 HEAD_FILE, BASELINE_FILE, METRICS_FILE = "head.keras", "baseline.joblib", "metrics.json"
 HISTORY_FILE, CURVES_FILE = "history.csv", "curves.png"
 
@@ -32,6 +34,7 @@ class HeadRecord:
     feature_shape: tuple
     val_accuracy: float = None
     val_log_loss: float = None
+    head: dict = None  # kind, units, dropout: what build_head rebuilds (classify.head.read_head_config)
 
     @property
     def head_file(self) -> str:
@@ -44,7 +47,7 @@ class HeadRecord:
         """As recorded in stage 3's config (`head_cache`)."""
         out = {"path": self.cache_path, "fingerprint": self.fingerprint, "layer": self.layer,
                "feature_shape": list(self.feature_shape)}
-        out.update({k: getattr(self, k) for k in ("val_accuracy", "val_log_loss") if getattr(self, k) is not None})
+        out.update({k: getattr(self, k) for k in ("val_accuracy", "val_log_loss", "head") if getattr(self, k) is not None})
         return out
 
 
@@ -76,10 +79,17 @@ def save_baseline(head_dir, model):
         joblib.dump(model, tmp)
 
 
-def write_metrics(head_dir, head: dict, baseline: dict, cache, layer, config: dict):
-    """metrics.json, last: `head` and `baseline` blocks (core.metrics.val_keys + run figures), `cache`, `config`."""
-    write_json(os.path.join(head_dir, METRICS_FILE), {"head": head, "baseline": baseline,
-                                                      "cache": cache_block(cache, layer), "config": config})
+def metrics_doc(head: dict, baseline, cache, layer, config: dict) -> dict:
+    """metrics.json's content: `head` and `baseline` blocks (core.metrics.val_keys + run figures; the baseline is
+    null for a sweep trial), `cache`, and `config` (with `head`: the kind and settings build_head takes back)."""
+    return {"head": head, "baseline": baseline, "cache": cache_block(cache, layer), "config": config}
+
+
+def write_metrics(head_dir, head: dict, baseline, cache, layer, config: dict) -> dict:
+    """metrics.json, written last (see metrics_doc); returns what it wrote."""
+    doc = metrics_doc(head, baseline, cache, layer, config)
+    write_json(os.path.join(head_dir, METRICS_FILE), doc)
+    return doc
 
 
 def read_metrics(head_dir) -> dict:
@@ -105,8 +115,9 @@ def read_head_record(head_dir, cache) -> HeadRecord:
         head = metrics.get("head", {})
         record = HeadRecord(str(head_dir), block.get("path"), block["fingerprint"],
                             block.get("layer", cache.layer),  # stage 2 may train on any cached layer; the cut follows
-                            tuple(block["feature_shape"]), head.get("val_accuracy"), head.get("val_log_loss"))
-    except (KeyError, TypeError) as e:
+                            tuple(block["feature_shape"]), head.get("val_accuracy"), head.get("val_log_loss"),
+                            read_head_config(metrics))
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: an unknown head kind
         raise HeadMismatch(f"{os.path.join(head_dir, METRICS_FILE)}: no cache record ({type(e).__name__}: {e}); "
                            f"{retrain}") from None
     if record.fingerprint != cache.fingerprint:

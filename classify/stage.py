@@ -12,11 +12,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
+from core import space
 from core.curves import save_curves
+from core.lock import output_lock
 from core.metrics import scores, val_keys
 from core.runs import RunState, write_history
 
-from . import baseline, data, record
+from . import baseline, calibrate, data, record
+from .head import HEAD_DROPOUT, HEAD_UNITS, head_config
 
 DEFAULT_EPOCHS = 20
 # 64: ~310 steps per epoch on 20,000 train rows; on the synthetic set the head passed 0.9 val accuracy by epoch 5.
@@ -42,6 +45,13 @@ class Settings:
     deterministic: bool = True
     xla: bool = True
     mem_budget: str = "2G"
+    head: str = "flatten"  # HEAD: the kind (classify/head.py)
+    units: int = HEAD_UNITS
+    dropout: float = HEAD_DROPOUT
+
+    @property
+    def head_config(self) -> dict:
+        return head_config(self.head, self.units, self.dropout)
 
     @property
     def uses_xla(self) -> bool:
@@ -78,9 +88,12 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
     feeds = data.Feeds(cache, s.layer, tr, va, s.batch, s.seed, scale, in_memory)
     load_s = time.perf_counter() - t0
     run = RunState(s.head_dir, identity)
-    head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic)
+    head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic,
+                      head=s.head_config)
     history = run.rows()
     p = head.predict(feeds.val(raw=True), verbose=0)
+    cal = calibrate.fit_temperature(cache.labels[feeds.val_order], p)  # recorded; applied at prediction time
+    print(calibrate.describe(cal))
     record.save_head(s.head_dir, head)
     write_history(os.path.join(s.head_dir, record.HISTORY_FILE), history)
     save_curves(os.path.join(s.head_dir, record.CURVES_FILE), history,
@@ -91,17 +104,27 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
          "epochs": len(history), "best_epoch": best + 1, "seconds": round(seconds, 3),
          "seconds_per_epoch": round(seconds / len(history), 3),
          "examples_per_s": round(rate(len(tr) * len(history), seconds), 1),
-         "data": feeds.source, "load_seconds": round(load_s, 3)}
+         "data": feeds.source, "load_seconds": round(load_s, 3), "kind": s.head, "parameters": head.count_params(),
+         "calibration": cal, "temperature": cal["temperature"]}
     print(f"head: {len(history)} epochs x {len(tr):,} rows ({feeds.source}) in {seconds:.1f}s, "
           f"{m['examples_per_s']:,.0f} examples/s; kept epoch {best + 1}, val accuracy {m['val_accuracy']:.4f}")
     return m, run
 
 
 def train_head_dir(s: Settings) -> int:
-    """`make head`: the baseline, then the head, then metrics.json; prints the side-by-side table."""
+    """`make head`: one writer per HEAD_DIR (a second run exits 2 at once), then `train_stage`."""
+    with output_lock(s.head_dir, "HEAD_DIR"):
+        return train_stage(s)
+
+
+def train_stage(s: Settings) -> int:
+    """The baseline, then the head, then metrics.json; prints the side-by-side table."""
     budget = data.parse_bytes(s.mem_budget)
     with open_cache(s.features, layer=s.layer, need_labels=True, fix="make features") as cache:
         shape = record.check_layer_shape(cache, s.layer)
+        units = s.units if s.head == "flatten" else 0  # a pooled head is a rounding error next to a flatten one
+        space.check_space(os.path.join(s.head_dir, record.HEAD_FILE),
+                          space.checkpoint_bytes(space.head_weights(shape, units)), "HEAD_DIR")
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         held = data.held_bytes(cache, np.concatenate([tr, va]), s.layer)
         in_memory = held <= budget
@@ -111,13 +134,16 @@ def train_head_dir(s: Settings) -> int:
         # Baseline first: it needs no TensorFlow, and its memory is freed before the head's is taken.
         base_m, scale = run_baseline(cache, s.layer, s.seed, tr, va, s.head_dir)
         identity = {"cache_fingerprint": cache.fingerprint, "layer": s.layer, "feature_shape": list(shape),
-                    "seed": s.seed, "batch": s.batch, "lr": s.lr}
+                    "seed": s.seed, "batch": s.batch, "lr": s.lr, "head": s.head_config}
         head_m, run = run_head(cache, s, tr, va, scale, in_memory, identity)
-        config = {**asdict(s), "features": os.path.abspath(s.features), "head_dir": os.path.abspath(s.head_dir),
+        settings = {k: v for k, v in asdict(s).items() if k not in ("head", "units", "dropout")}
+        config = {**settings, "head": s.head_config, "features": os.path.abspath(s.features),
+                  "head_dir": os.path.abspath(s.head_dir),
                   "mem_budget_bytes": budget, "optimizer": "adam", "xla": s.uses_xla,
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "
-                                        "folded into head_dense's kernel: head.keras takes raw features",
+                                        "folded into the head's first Dense kernel (head_dense; head_output when "
+                                        "UNITS=0): head.keras takes raw features",
                   "baseline_Cs": baseline.CS.tolist(), "cv_folds_max": baseline.CV_FOLDS,
                   "cache_config": cache.config}
         record.write_metrics(s.head_dir, head_m, base_m, cache, s.layer, config)

@@ -5,7 +5,8 @@ best.weights.h5, backup/), which the stage removes once head.keras is saved.
 Example: python -m classify --features artifacts/features.h5 --head-dir artifacts/head --epochs 20
 
 Feature scale: the head sees features divided by one number, the RMS of the train features, and that number is
-folded into `head_dense`'s kernel before the head is saved (Dense(x / s) == Dense with kernel / s), so the saved
+folded into the first Dense kernel before the head is saved (Dense(x / s) == Dense with kernel / s; every layer
+before it, Flatten or average pooling, is linear), so the saved
 head takes raw backbone output and stage 3 needs no extra layer. Why: Adam's step moves each weight by about LR
 whatever the gradient's size, so the first layer's output moves by about LR x sum|x|. A random-init backbone
 (WEIGHTS=none) gives mixed7 values of RMS ~1e-3; at LR=1e-4 the head then did not leave chance in 20 epochs on
@@ -17,12 +18,15 @@ import numpy as np
 from core import WorkflowError
 from core.runs import RunState
 
-from .head import build_head
+from .head import build_head, first_dense
 
 
 def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience: int, verbose="auto", xla=False,
-               deterministic=True):
-    """Fit the head on `feeds`, resuming `run`; return the best-val-loss head (taking raw features)."""
+               deterministic=True, head=None, weight_decay=None, extra_callbacks=()):
+    """Fit the head on `feeds`, resuming `run`; return the best-val-loss head (taking raw features).
+
+    `head`: build_head's kind/units/dropout (default the recipe's); `weight_decay`: Adam's decoupled decay (None:
+    plain Adam, the recipe's); `extra_callbacks`: run after the bookkeeping ones, e.g. the sweep's pruning."""
     import keras
     import tensorflow as tf
 
@@ -32,28 +36,28 @@ def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience
     start = run.prepare()
     if start:
         print(f"{run.dir}: resuming at epoch {start + 1} (delete it to start afresh)")
-    model = build_head(feeds.shape)
+    model = build_head(feeds.shape, **(head or {}))
     # XLA, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the 38.5M
     # weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row epoch on
     # 2 cores; fused by XLA, the epoch took 1.8 s. Keras refuses XLA under op determinism (not every XLA op has a
     # deterministic form): the caller asks for at most one of them (classify.stage.Settings.uses_xla).
     assert not (xla and deterministic), "Keras would drop XLA under op determinism, with only a warning"
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="binary_crossentropy", jit_compile=xla,
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay),
+                  loss="binary_crossentropy", jit_compile=xla, metrics=["accuracy"])
     if start < epochs:
         model.fit(feeds.train(), validation_data=feeds.val(), epochs=epochs, verbose=verbose, shuffle=False,
-                  callbacks=run.callbacks(patience, feeds))  # the data shuffles itself, by epoch_windows
+                  callbacks=[*run.callbacks(patience, feeds), *extra_callbacks])  # the data shuffles itself
     if not run.load_best(model):
         raise WorkflowError(f"no epoch gave a finite val loss (diverged?); rerun with a smaller LR, "
                             f"e.g. LR={lr / 10:g}")
-    return export(model, feeds.shape, feeds.scale)
+    return export(model, feeds.shape, feeds.scale, head)
 
 
-def export(model, feature_shape, scale: float):
-    """A fresh, uncompiled head with `model`'s weights and the feature scale folded into `head_dense`."""
-    head = build_head(feature_shape)
+def export(model, feature_shape, scale: float, head_cfg=None):
+    """A fresh, uncompiled head with `model`'s weights and the feature scale folded into its first Dense."""
+    head = build_head(feature_shape, **(head_cfg or {}))
     head.set_weights(model.get_weights())
-    dense = head.get_layer("head_dense")
+    dense = first_dense(head)
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel * np.float32(1.0 / scale), bias])
     return head

@@ -12,6 +12,13 @@ class WorkflowError(Exception):
     """A problem the user can fix; the message says how."""
 
 
+def _close_bars():
+    """Close open tqdm bars, so that the error starts its own line instead of trailing a half-drawn bar."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def cli(main):
     """Run `main()` and exit 2 with a one-line message on WorkflowError (no traceback)."""
 
@@ -20,6 +27,7 @@ def cli(main):
         try:
             return main(argv)
         except WorkflowError as e:
+            _close_bars()
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:

@@ -13,8 +13,8 @@ With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views 
 import argparse
 
 from core import WorkflowError, cli
-from extract import backbone, views
-from extract.features import Settings, extract_features
+from extract import backbone, verify, views
+from extract.features import Settings, run
 
 
 def parse_args(argv=None) -> Settings:
@@ -35,6 +35,8 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--aug-views", type=int, default=0,
                    help=f"also cache K augmented views of each train image at {','.join(views.VIEW_LAYERS)} "
                         f"(AUG_VIEWS; 0 = none)")
+    p.add_argument("--verify", default="size", choices=verify.MODES,
+                   help="input identity: relative paths + sizes, or + sha256 of every file (VERIFY)")
     p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
                                                  "file, e.g. make report's label_issues.csv (EXCLUDE)")
     a = p.parse_args(argv)
@@ -50,18 +52,13 @@ def parse_args(argv=None) -> Settings:
     # SHARDS is checked against the number of images by extract.shard.run_sharded
     return Settings(data=a.data, features=a.features, img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
-                    engine=a.engine, shards=a.shards, exclude=a.exclude)
+                    engine=a.engine, shards=a.shards, exclude=a.exclude,
+                    verify=a.verify)
 
 
 @cli
 def main(argv=None):
-    s = parse_args(argv)
-    if s.engine == "ray":
-        from extract.shard import run_sharded  # Ray is an optional extra: imported only when asked for
-
-        run_sharded(s)
-        return 0
-    return extract_features(s)
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

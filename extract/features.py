@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint
-from core import WorkflowError
+from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path
+from core import WorkflowError, space
 from core.files import write_text
+from core.lock import output_lock
 from core.versions import package_versions
 
-from . import backbone, exclude, images, pipeline, views
+from . import backbone, exclude, images, pipeline, verify, views
 
 
 @dataclass(frozen=True)
@@ -39,19 +40,27 @@ class Settings:
     engine: str = "local"
     shards: int = 2
     exclude: str = ""  # a CSV with a `path` column, or a text file of paths: left out (extract/exclude.py)
+    verify: str = "size"  # the inputs' identity: relative paths + sizes, or + sha256 of every file (extract/verify.py)
 
 
 def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict) -> dict:
     """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
     aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
+    # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
     return {
         "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
         "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
-        "data": os.path.abspath(imgs.root), "layout": imgs.layout, "class_names": imgs.class_names,
-        "n_inputs": len(imgs.paths), "inputs_fingerprint": imgs.files_fingerprint(),
+        "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
+        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
         "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
     }
+
+
+def provenance(imgs: images.ImageSet, digest: str, command: str) -> dict:
+    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path."""
+    return {"backbone_digest": digest, "versions": json.dumps(package_versions()), "command": command,
+            "data": os.path.abspath(imgs.root)}
 
 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
@@ -130,6 +139,17 @@ def write_skipped(features, skipped) -> str:
     return path
 
 
+def run(s: Settings) -> int:
+    """`make features`: one writer per cache (a second run exits 2 at once), then the local or the Ray engine."""
+    with output_lock(s.features, "FEATURES"):
+        if s.engine == "ray":
+            from .shard import run_sharded  # Ray is an optional extra: imported only when asked for
+
+            run_sharded(s)
+            return 0
+        return extract_features(s)
+
+
 def extract_features(s: Settings) -> int:
     """`make features` with ENGINE=local: check, then resume, rebuild or say "up to date"; print the summary."""
     backbone.check_img_size(s.img_size)
@@ -154,16 +174,19 @@ def extract_features(s: Settings) -> int:
 
     model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
-    provenance = {"backbone_digest": backbone.weights_digest(model), "versions": json.dumps(package_versions()),
-                  "command": "make features"}
+    record = provenance(imgs, backbone.weights_digest(model), "make features")
     view_shapes, extractor = {}, None
     if s.aug_views:
         view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}
         # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
                                         s.aug_views, s.seed, s.batch)
-    writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, provenance,
+    writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
                          view_shapes=view_shapes, n_views=s.aug_views)
+    tmp = partial_path(s.features)
+    needed = space.cache_bytes(len(imgs.paths), shapes, s.dtype, int((split == SPLIT_TRAIN).sum()), view_shapes,
+                               s.aug_views)
+    space.check_space(s.features, needed - (os.path.getsize(tmp) if os.path.exists(tmp) else 0), "FEATURES")
     try:
         start = writer.start()
         if start:
@@ -173,6 +196,9 @@ def extract_features(s: Settings) -> int:
         if len(excluded):
             exclude.commit_excluded(writer, excluded, s.exclude)
         summary = writer.finalize()
+    except OSError as e:  # a full disk mid-run: one line, the partial kept for the rerun
+        space.raise_if_full(e, s.features, kept=tmp)
+        raise
     finally:
         writer.close()
     skipped_txt = write_skipped(s.features, summary.skipped)

@@ -8,16 +8,18 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from cache import SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL
 from core import WorkflowError
 from core.files import fingerprint
 
+from . import photos, verify
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[^.]+$", re.IGNORECASE)
 SPLIT_FOLDER_NAMES = {"train", "test", "val", "valid", "validation", "test1"}
-RESIZE = "PIL: draft (JPEG DCT downscale to >= size), convert('RGB'), resize to size x size bilinear; aspect not kept"
+RESIZE = ("PIL: draft (JPEG DCT downscale to >= size), EXIF orientation applied, convert('RGB'), resize to size x "
+          "size bilinear; aspect not kept; over 89,478,485 pixels after draft: skipped")  # extract/photos.py
 KAGGLE_HINT = ("get the data with `kaggle competitions download -c dogs-vs-cats` (or -c dogs-vs-cats-redux-kernels-"
                "edition), then `make data ZIP=dogs-vs-cats.zip`; or `make demo` for synthetic images")
 
@@ -47,12 +49,15 @@ class ImageSet:
 
 
 def check_same_images(root, cache) -> "ImageSet":
-    """DATA must hold exactly the files the cache was built from (relative paths and sizes), e.g. for stage 3."""
+    """DATA must hold exactly the files the cache was built from (relative paths and sizes, and contents with
+    VERIFY=content), wherever it lies now: a moved or copied folder is accepted. For stage 3 and the report."""
     imgs = discover(root)
-    if imgs.files_fingerprint() != cache.config["inputs_fingerprint"]:
+    mode = cache.config.get("verify", "size")
+    if verify.inputs_fingerprint(imgs.root, imgs.paths, mode) != cache.config["inputs_fingerprint"]:
         raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
-                            f"({cache.config['data']}, {cache.config['n_inputs']} files); pass that folder as DATA, "
-                            f"or rebuild the cache with `make features DATA={root} FEATURES={cache.path}`")
+                            f"({cache.provenance.get('data')}, {cache.config['n_inputs']} files, VERIFY={mode}); pass "
+                            f"that folder as DATA, or rebuild the cache with `make features DATA={root} "
+                            f"FEATURES={cache.path}`")
     return imgs
 
 
@@ -151,10 +156,7 @@ def stratified_split(labels, val_split: float, seed: int) -> np.ndarray:
 
 def load_image(path, size: int) -> np.ndarray:
     """Decode any image file to RGB uint8 (size, size, 3); raises on a file that cannot be decoded."""
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG only: let libjpeg downscale while decoding, ~4x faster on photos
-        rgb = im.convert("RGB")  # L, P, CMYK, RGBA (alpha dropped), I;16 ... all become RGB once, here
-        return np.asarray(rgb.resize((size, size), Image.BILINEAR), np.uint8)
+    return photos.decode(path, size)  # EXIF orientation, draft mode, the per-call pixel limit
 
 
 def try_load(path, size: int):

@@ -33,7 +33,8 @@ from core import WorkflowError
 from core.files import file_hash
 from core.versions import package_versions
 from extract import backbone, images
-from extract.features import Settings, make_forward, resolve_config, run_extraction, split_of, write_skipped
+from extract.features import (Settings, make_forward, provenance, resolve_config, run_extraction, split_of,
+                              write_skipped)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = "make features ENGINE=ray"
@@ -164,10 +165,10 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
         bad = ", ".join(f"{e['file']}={e['backbone_digest'][:12]}" for e in ordered)
         raise WorkflowError(f"{s.features}: shards were computed with different backbone weights ({bad}); make the "
                             f"weights file and package versions the same on every node, delete the shards and rerun")
-    provenance = {"backbone_digest": digests.pop(), "versions": json.dumps(package_versions()), "command": COMMAND}
+    record = provenance(imgs, digests.pop(), COMMAND)
     old = set(recorded) - {e["file"] for e in ordered}
     write_manifest(s.features, fp, ordered)
-    summary = write_front(s.features, config, fp, provenance, ordered)  # last: FEATURES appears only when whole
+    summary = write_front(s.features, config, fp, record, ordered)  # last: FEATURES appears only when whole
     folder = os.path.dirname(os.path.abspath(s.features))
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):

@@ -5,6 +5,8 @@ Example: python -m extract.synth --out data/demo/train --n 200 --layout kaggle -
 
 Class 0 ("cat") is warm-coloured with blobs, class 1 ("dog") cool-coloured with stripes: distinct enough that
 even a randomly initialised backbone separates them, so a test can demand real learning (>= 0.9 accuracy).
+`--difficulty D` (0..1, default 0: the images above, unchanged) makes the classes overlap without mislabelling
+any image: see `harden` (tests/test_sweep.py names the val accuracy the recipe's head reaches on it).
 """
 import argparse
 import io
@@ -17,9 +19,47 @@ LAYOUTS = ("kaggle", "folders", "petimages", "unlabelled")
 CLASS_DIRS = {"folders": ("cats", "dogs"), "petimages": ("Cat", "Dog")}
 
 
-def draw(label: int, h: int, w: int, rng) -> np.ndarray:
-    """One RGB uint8 image of class `label`."""
+CLASS_COLOURS = np.array([[200, 90, 40], [40, 110, 200]], np.float32)  # cat warm, dog cool
+
+
+def harden(label: int, difficulty: float, rng):
+    """(base colour, pattern contrast, draw the other class's pattern too?) for `difficulty` in (0, 1].
+
+    The class colours move toward their midpoint (at 1 they are the same), the class pattern fades, and with
+    probability `difficulty` / 2 the other class's pattern is drawn over it as a distractor. Every image keeps its
+    own class's pattern, so labels stay true: the task gets harder, not noisier.
+    """
+    mid = CLASS_COLOURS.mean(axis=0)
+    colour = CLASS_COLOURS[label] * (1 - difficulty) + mid * difficulty + rng.normal(0, 20 + 30 * difficulty, 3)
+    return colour, 1.0 - 0.7 * difficulty, rng.uniform() < difficulty / 2
+
+
+def _blobs(img, yy, xx, h, w, rng, contrast=1.0):
+    for _ in range(rng.integers(2, 5)):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.3) * min(h, w)
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img[m] = img[m] * (1 - contrast) + rng.uniform(150, 255, 3) * contrast
+
+
+def _stripes(img, yy, xx, h, w, rng, contrast=1.0):
+    period, angle = rng.uniform(0.08, 0.2) * min(h, w), rng.uniform(0, np.pi)
+    m = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0
+    img[m] = img[m] * (1 - contrast) + (img[m] * 0.4 + rng.uniform(0, 80, 3)) * contrast
+
+
+def draw(label: int, h: int, w: int, rng, difficulty: float = 0.0) -> np.ndarray:
+    """One RGB uint8 image of class `label`; `difficulty` > 0 makes the classes overlap (see `harden`)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if difficulty > 0:  # a separate branch: difficulty 0 must draw the same random numbers as before
+        base, contrast, distractor = harden(label, difficulty, rng)
+        img = np.broadcast_to(base, (h, w, 3)).copy()
+        img *= (0.7 + 0.3 * (yy / h))[..., None]
+        patterns = (_blobs, _stripes)
+        if distractor:
+            patterns[1 - label](img, yy, xx, h, w, rng, contrast)
+        patterns[label](img, yy, xx, h, w, rng, contrast)
+        img += rng.normal(0, 8 + 24 * difficulty, img.shape)
+        return np.clip(img, 0, 255).astype(np.uint8)
     base = np.array([200, 90, 40] if label == 0 else [40, 110, 200], np.float32) + rng.normal(0, 20, 3)
     img = np.broadcast_to(base, (h, w, 3)).copy()
     img *= (0.7 + 0.3 * (yy / h))[..., None]  # a gradient, so that no image is flat
@@ -43,14 +83,17 @@ def _name(layout, label, i, ext="jpg"):
     return os.path.join(CLASS_DIRS[layout][label], f"{i}.{ext}")
 
 
-def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, junk=True, odd=False):
+def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, junk=True, odd=False,
+                 difficulty=0.0):
     """Write `n` images (half per class) in `layout`; return {relpath: label} of the decodable images written.
 
     `size` is the (min, max) side in pixels, drawn per image. `broken` adds undecodable files (zero bytes,
     truncated JPEG, text, random bytes) that must be skipped; `junk` adds files to ignore (Thumbs.db,
     .DS_Store, a .txt, a .csv); `odd` adds decodable oddities (grayscale, CMYK, RGBA, a PNG named .jpg, upper-case
-    extension, progressive JPEG, tiny and huge images) that must all be cached.
+    extension, progressive JPEG, tiny and huge images) that must all be cached. `difficulty` in [0, 1]: see `harden`.
     """
+    if not 0 <= difficulty <= 1:
+        raise ValueError(f"difficulty={difficulty}: must be in [0, 1]")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; choose one of {LAYOUTS}")
     rng = np.random.default_rng(seed)
@@ -72,7 +115,7 @@ def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, j
         label = i % 2
         h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, 2))
         rel = _name(layout, label, i)
-        put(rel, encode(draw(label, h, w, rng), quality=90))
+        put(rel, encode(draw(label, h, w, rng, difficulty), quality=90))
         written[rel] = label
     if odd:
         oddities = [("gray", dict(mode="L")), ("cmyk", dict(mode="CMYK")), ("rgba", dict(fmt="PNG", mode="RGBA")),
@@ -110,8 +153,10 @@ def main(argv=None):
     p.add_argument("--broken", type=int, default=0)
     p.add_argument("--odd", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=0.0, help="0..1: how far the classes overlap (0: apart)")
     a = p.parse_args(argv)
-    written = make_dataset(a.out, a.n, a.layout, (a.min_size, a.max_size), a.seed, a.broken, odd=a.odd)
+    written = make_dataset(a.out, a.n, a.layout, (a.min_size, a.max_size), a.seed, a.broken, odd=a.odd,
+                           difficulty=a.difficulty)
     print(f"wrote {len(written)} images ({a.layout}) and {a.broken} broken files to {a.out}")
 
 

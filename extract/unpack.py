@@ -5,30 +5,18 @@ Example: python -m extract.unpack --zip dogs-vs-cats.zip --out data
 """
 import argparse
 import os
-import zipfile
 
 from core import WorkflowError, cli
+from core.lock import output_lock
 from extract.images import KAGGLE_HINT
+from extract.zips import unpack_all
 
 
 def unpack(zip_path, out):
     """Extract `zip_path` into `out`, then every .zip it contained; return the folders made."""
     if not os.path.isfile(zip_path):
         raise WorkflowError(f"ZIP={zip_path}: no such file; {KAGGLE_HINT}")
-    try:
-        with zipfile.ZipFile(zip_path) as z:
-            names = z.namelist()
-            z.extractall(out)
-    except zipfile.BadZipFile:
-        raise WorkflowError(f"ZIP={zip_path}: not a zip file (interrupted download?); download it again") from None
-    for name in names:
-        if name.endswith(".zip"):
-            inner = os.path.join(out, name)
-            with zipfile.ZipFile(inner) as z:
-                z.extractall(os.path.dirname(inner))
-            os.remove(inner)
-    return sorted(d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d)))
-
+    return unpack_all(zip_path, out)  # extract/zips.py: no write outside `out`, damaged zips, duplicates
 
 @cli
 def main(argv=None):
@@ -36,7 +24,8 @@ def main(argv=None):
     p.add_argument("--zip", required=True)
     p.add_argument("--out", default="data")
     a = p.parse_args(argv)
-    folders = unpack(a.zip, a.out)
+    with output_lock(a.out, "OUT"):  # one unpacker per folder
+        folders = unpack(a.zip, a.out)
     print(f"unpacked {a.zip} into {a.out}/: {', '.join(folders)}; train with DATA={a.out}/train")
 
 

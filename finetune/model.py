@@ -56,8 +56,8 @@ def resolve_cache_weights(cache) -> dict:
     return info
 
 
-def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache_path=""):
-    """image -> InceptionV3 cut at `layer` -> build_head; returns (model, cut model in layer order).
+def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache_path="", head_config=None):
+    """image -> InceptionV3 cut at `layer` -> build_head(**head_config); returns (model, cut model in layer order).
 
     With `digest`, the rebuilt backbone must hold the same numbers the cache was computed with.
     """
@@ -71,7 +71,7 @@ def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache
                                 f"that computed the cache (digest {got[:12]} vs {digest[:12]}; Keras or weights "
                                 f"changed?); rerun `make features FEATURES={cache_path}`")
     trunk = backbone.cut(base, [layer])
-    head = build_head(feature_shape)  # the one head-building function; weights come from copy_head_weights
+    head = build_head(feature_shape, **(head_config or {}))  # the one head builder; weights: copy_head_weights
     # inputs[0], not .input: the applications model keeps its inputs as a one-item list, and a model built on
     # that list warns each time it is called on a plain batch.
     model = keras.Model(trunk.inputs[0], head(trunk.outputs[0]), name=f"inception_v3_{layer}_head")
@@ -106,7 +106,7 @@ def set_trainable(model, trunk, unfreeze_from: str) -> list:
     return sorted(wanted)
 
 
-def build(cache, weights_info, layer, mixed: bool):
+def build(cache, weights_info, layer, mixed: bool, head_config=None):
     """(full model, trunk) built under the float32 or the mixed_float16 policy (then reset to float32)."""
     import keras
 
@@ -114,14 +114,15 @@ def build(cache, weights_info, layer, mixed: bool):
     try:
         # The digest check runs on the float32 build only: it is the one compared with the cache.
         return build_full_model(cache.config, weights_info, layer, cache.feature_shape(layer),
-                                None if mixed else cache.provenance["backbone_digest"], cache.path)
+                                None if mixed else cache.provenance["backbone_digest"], cache.path, head_config)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def assemble(cache, head_dir, layer, weights_info=None):
+def assemble(cache, head_dir, layer, weights_info=None, head_config=None):
     """(float32 full model holding the stage-2 head's weights, its trunk, the stage-2 head as saved)."""
-    model, trunk = build(cache, weights_info or resolve_cache_weights(cache), layer, mixed=False)
+    model, trunk = build(cache, weights_info or resolve_cache_weights(cache), layer, mixed=False,
+                         head_config=head_config)
     head_src = load_head(head_dir)
     copy_head_weights(model.get_layer("head"), head_src, head_dir)
     return model, trunk, head_src

@@ -75,7 +75,8 @@ def write_artifacts(model, model_dir, metrics: dict, cache, rows, curves_title: 
     metrics = {**metrics, "history": columns(rows)}
     meta = {"image_size": cache.config["image_size"], "class_names": cache.class_names,
             "positive_class": cache.class_names[1], "input": INPUT,
-            **{k: metrics[k] for k in ("config", "before", "after", "reload_max_abs_diff")}}
+            **{k: metrics[k] for k in ("config", "before", "after", "reload_max_abs_diff")},
+            **{k: metrics[k] for k in ("calibration", "temperature") if k in metrics}}  # applied by predict
     save_curves(os.path.join(model_dir, CURVES_FILE), rows, curves_title)
     write_json(os.path.join(model_dir, METRICS_FILE), metrics)
     save_model(model, os.path.join(model_dir, MODEL_FILE), meta)

@@ -11,8 +11,11 @@ import time
 from dataclasses import dataclass
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
+from classify import calibrate
 from classify.record import read_head_record
+from core import space
 from core.files import fingerprint
+from core.lock import output_lock
 from core.metrics import scores
 from core.runs import RunState, best_epoch
 from core.versions import package_versions
@@ -65,7 +68,7 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
 
 def finetune(s: Settings) -> int:
     """`make finetune`: the checks, the equivalence proof, the fine-tuning and MODEL_DIR, for either path."""
-    with open_cache(s.features, need_labels=True, fix="make features") as cache:
+    with output_lock(s.model_dir, "MODEL_DIR"), open_cache(s.features, need_labels=True, fix="make features") as cache:
         return _run(s, cache, CachedPath() if s.from_cache else EndToEndPath())
 
 
@@ -91,7 +94,8 @@ def _run(s: Settings, cache, path) -> int:
         print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
         return 0
     weights_info = fm.resolve_cache_weights(cache)
-    model, trunk, head_src = fm.assemble(cache, s.head_dir, head.layer, weights_info)
+    model, trunk, head_src = fm.assemble(cache, s.head_dir, head.layer, weights_info, head.head)
+    space.check_space(model_path, space.checkpoint_bytes(model.count_params()), "MODEL_DIR")
     fm.trainable_names(trunk, s.unfreeze_from)  # a wrong UNFREEZE_FROM fails now, not after the equivalence pass
     eq, p_before = path.equivalence(model, trunk, head_src, cache, head, s)
 
@@ -101,7 +105,7 @@ def _run(s: Settings, cache, path) -> int:
     tm, tt = model, trunk
     with strategy.scope():
         if mixed or replicas > 1:
-            tm, tt = fm.build(cache, weights_info, head.layer, mixed=mixed)
+            tm, tt = fm.build(cache, weights_info, head.layer, mixed=mixed, head_config=head.head)
             tm.set_weights(model.get_weights())
         trained, names = path.trained(tm, tt, s.unfreeze_from)
         train.compile_for_finetuning(trained, s.lr, cfg["xla"])  # after set_trainable: compile fixes what trains
@@ -121,12 +125,14 @@ def _run(s: Settings, cache, path) -> int:
         model.set_weights(tm.get_weights())  # the artifact is float32 and on one device: portable, exact on CPUs
     y_val, p_after, extra = path.evaluate(model, trunk, cache, s, va)
     before, after = scores(cache.labels[va], p_before), scores(y_val, p_after)
+    calibration = calibrate.fit_temperature(y_val, p_after)  # on val P(dog) after training; predict applies it
+    print(calibrate.describe(calibration))
     rows = run.rows()
     n_here = len(rows) - resume
     rate = n_here * len(tr) / fit_s if fit_s else 0.0
     metrics = {**extra, "reload_max_abs_diff": eq["max_abs_diff"], "equivalence": eq, "before": before,
                "after": after, "best_epoch": best_epoch(rows), "resumed_after_epoch": resume,
-               "trainable_layers": names,
+               "trainable_layers": names, "calibration": calibration, "temperature": calibration["temperature"],
                "seconds": {"fit_this_run": fit_s, "total_this_run": time.perf_counter() - t_start},
                "images_per_second": {"fit": rate, **({"equivalence_check": eq["images_per_second"]}
                                                     if "images_per_second" in eq else {})},

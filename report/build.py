@@ -75,7 +75,7 @@ def predictions(cache, layer, head_dir, model_dir, data, pooled_val, notes):
 
     from classify.record import load_head
     from finetune.infer import predict_rows
-    from finetune.predict import predict_files
+    from finetune.predictions import predict_files
     from finetune.record import load_model
 
     va = cache.rows(SPLIT_VAL)

@@ -9,7 +9,8 @@ from conftest import run_module
 def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
-                   "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--work", tmp_path / "work", "--out", out)
+                   "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--sweep-trials", 2,
+                   "--sweep-epochs", 2, "--report-rows", 2000, "--work", tmp_path / "work", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert set(res["targets"]) == {"extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth",
@@ -30,7 +31,15 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert {"extraction", "head", "recipe", "float16", "rss", "cached_finetune", "device"} <= set(res["section_s"])
     assert set(res["head_breakdown"]) == {"head_epoch_s_in_memory_adam", "head_epoch_s_in_memory_sgd"}
     assert min(res["head_breakdown"].values()) > 0
-    assert "| `head_epoch_speedup` |" in (tmp_path / "bench.md").read_text()
+    assert res["pooled_vs_flatten_epoch"] > 0 and res["head_kinds"]["pooled_parameters"] < res["head_kinds"][
+        "flatten_parameters"]
+    assert res["sweep_2_s"] > 0 and res["sweep"]["complete"] + res["sweep"]["pruned"] == 2
+    assert res["tta"]["tta_flip_cost"] > 0 and res["report_s"] > 0 and res["report"]["at_scale"]["rows"] == 2000
+    assert res["checksums"]["plain_read_mb_s"] > 0 and res["checksums"]["checksummed_read_mb_s"] > 0
+    assert {"head_kinds", "sweep", "tta", "report", "checksums"} <= set(res["section_s"])
+    md = (tmp_path / "bench.md").read_text()
+    for key in ("head_epoch_speedup", "pooled_vs_flatten_epoch", "sweep_2_s", "report_s", "checksum_read_cost"):
+        assert f"| `{key}` |" in md, key
     assert not (tmp_path / "work").exists()  # scratch removed
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, CacheIncomplete, open_cache, partial_path
-from conftest import IMG, ROOT, assert_user_error, extract_args, run_module
+from conftest import IMG, ROOT, assert_user_error, committed_inputs, extract_args, run_module
 from extract.__main__ import main as extract_main
 from extract.images import discover, load_image, stratified_split
 from extract.synth import make_dataset
@@ -105,11 +105,7 @@ def test_up_to_date_then_stale_on_config_or_input_change(tmp_path):
 
 
 def _committed(path):
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f.attrs["inputs_committed"])
-    except (OSError, KeyError):
-        return 0
+    return committed_inputs(path)  # HDF5 refuses to open a file being written: conftest reads a copy
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):

@@ -69,7 +69,10 @@ def test_predict_on_a_folder_with_broken_files(model_file, kaggle_test_dir, tmp_
 
 
 def test_submission_file_format(model_file, kaggle_test_dir, tmp_path, capsys):
-    from finetune.submission import BROKEN_PROB, CLIP_HI, CLIP_LO, main
+    from finetune.predictions import BROKEN_PROB, CLIP
+    from finetune.submission import main
+
+    CLIP_LO, CLIP_HI = CLIP, 1 - CLIP
 
     folder, written = kaggle_test_dir
     out = tmp_path / "submission.csv"
@@ -92,7 +95,7 @@ def test_submission_file_format(model_file, kaggle_test_dir, tmp_path, capsys):
 
 
 def test_submission_rows_clip_sort_and_fill():
-    from finetune.submission import submission_rows
+    from finetune.predictions import submission_rows
 
     rows = submission_rows(np.array([10, 2, 1, 33]), np.array([1.0, 0.0, np.nan, 0.3]))
     assert rows == [(1, "0.500000"), (2, "0.005000"), (10, "0.995000"), (33, "0.300000")]
