@@ -10,6 +10,7 @@ metrics.json is written last and removed when a run starts: where it exists, the
 import argparse
 
 from core import cli
+from core.options import add_training
 from extract.backbone import FEATURE_LAYER
 
 from .head import HEAD_DROPOUT, HEAD_KINDS, HEAD_UNITS, head_config
@@ -22,10 +23,8 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--features", default="artifacts/features.h5", help="the stage-1 cache (FEATURES)")
     p.add_argument("--head-dir", default="artifacts/head", help="output folder (HEAD_DIR)")
     p.add_argument("--layer", default=FEATURE_LAYER, help="cached layer to train on (LAYER); the recipe's is mixed7")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="most epochs; early stopping may end sooner (EPOCHS)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="examples per step (BATCH)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (LR)")
-    p.add_argument("--seed", type=int, default=42, help="weights init, dropout and shuffling (SEED)")
+    add_training(p, DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_LR, batch_help="examples per step",
+                 seed_help="weights init, dropout and shuffling")
     p.add_argument("--head", default="flatten", choices=HEAD_KINDS, help="head kind, see classify/head.py (HEAD)")
     p.add_argument("--units", type=int, default=HEAD_UNITS, help="hidden Dense units; 0: none (UNITS)")
     p.add_argument("--dropout", type=float, default=HEAD_DROPOUT, help="dropout rate (DROPOUT)")

@@ -14,7 +14,8 @@ import argparse
 
 from core import WorkflowError, cli
 from extract import backbone, verify, views
-from extract.features import Settings, run
+from extract.features import Settings
+from extract.stage import run
 
 
 def parse_args(argv=None) -> Settings:

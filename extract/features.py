@@ -5,7 +5,7 @@ Reads DATA (any supported layout). Writes FEATURES (layout in README, "The cache
 Example: python -m extract --data data/train --features artifacts/features.h5 --img-size 150 --weights imagenet
 
 `extract_features(Settings(...))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
-(`run_extraction`) inside each Ray worker.
+(`run_extraction`) inside each Ray worker; extract/stage.py picks between them.
 """
 import json
 import os
@@ -17,7 +17,6 @@ import numpy as np
 from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path
 from core import WorkflowError, space
 from core.files import write_text
-from core.lock import output_lock
 from core.versions import package_versions
 
 from . import backbone, exclude, images, pipeline, verify, views
@@ -137,17 +136,6 @@ def write_skipped(features, skipped) -> str:
     path = os.path.splitext(str(features))[0] + ".skipped.txt"
     write_text(path, "".join(f"{p}\t{r}\n" for p, r in skipped))
     return path
-
-
-def run(s: Settings) -> int:
-    """`make features`: one writer per cache (a second run exits 2 at once), then the local or the Ray engine."""
-    with output_lock(s.features, "FEATURES"):
-        if s.engine == "ray":
-            from .shard import run_sharded  # Ray is an optional extra: imported only when asked for
-
-            run_sharded(s)
-            return 0
-        return extract_features(s)
 
 
 def extract_features(s: Settings) -> int:

@@ -13,7 +13,7 @@ from cache import SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL
 from core import WorkflowError
 from core.files import fingerprint
 
-from . import photos, verify
+from . import photos
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.[^.]+$", re.IGNORECASE)
@@ -46,19 +46,6 @@ class ImageSet:
     def __repr__(self):
         counts = {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}
         return f"ImageSet({self.root!r}, {self.layout}, {len(self.paths)} images {counts}, {self.ignored} ignored)"
-
-
-def check_same_images(root, cache) -> "ImageSet":
-    """DATA must hold exactly the files the cache was built from (relative paths and sizes, and contents with
-    VERIFY=content), wherever it lies now: a moved or copied folder is accepted. For stage 3 and the report."""
-    imgs = discover(root)
-    mode = cache.config.get("verify", "size")
-    if verify.inputs_fingerprint(imgs.root, imgs.paths, mode) != cache.config["inputs_fingerprint"]:
-        raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
-                            f"({cache.provenance.get('data')}, {cache.config['n_inputs']} files, VERIFY={mode}); pass "
-                            f"that folder as DATA, or rebuild the cache with `make features DATA={root} "
-                            f"FEATURES={cache.path}`")
-    return imgs
 
 
 def is_image_name(name: str) -> bool:

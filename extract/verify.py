@@ -12,7 +12,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from core import WorkflowError
 from core.files import file_hash as file_sha256, fingerprint
+
+from .images import discover
 
 MODES = ("size", "content")
 
@@ -36,9 +39,20 @@ def inputs_fingerprint(root, paths, mode: str = "size") -> str:
     return fingerprint({"files": sizes, "sha256": content_hashes(root, paths)})
 
 
-def main(argv=None):
-    from extract.images import discover
+def check_same_images(root, cache):
+    """DATA must hold exactly the files the cache was built from (relative paths and sizes, and contents with
+    VERIFY=content), wherever it lies now: a moved or copied folder is accepted. For stage 3 and the report."""
+    imgs = discover(root)
+    mode = cache.config.get("verify", "size")
+    if inputs_fingerprint(imgs.root, imgs.paths, mode) != cache.config["inputs_fingerprint"]:
+        raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
+                            f"({cache.provenance.get('data')}, {cache.config['n_inputs']} files, VERIFY={mode}); pass "
+                            f"that folder as DATA, or rebuild the cache with `make features DATA={root} "
+                            f"FEATURES={cache.path}`")
+    return imgs
 
+
+def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m extract.verify", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/train")
     p.add_argument("--verify", default="content", choices=MODES)

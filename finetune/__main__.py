@@ -14,6 +14,7 @@ views (finetune/cached.py; a tenth of the forward work per step, for CPUs).
 import argparse
 
 from core import WorkflowError, cli
+from core.options import add_training
 
 from .model import UNFREEZE_FROM
 from .run import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, Settings, finetune
@@ -27,11 +28,9 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--head-dir", default="artifacts/head", help="stage-2 output folder (HEAD_DIR)")
     p.add_argument("--model-dir", default="artifacts/finetune", help="output folder (MODEL_DIR)")
     p.add_argument("--unfreeze-from", default=UNFREEZE_FROM, help="first layer to train (UNFREEZE_FROM)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="maximum epochs (EPOCHS)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="images per step, all devices together (BATCH)")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (LR)")
+    add_training(p, DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_LR, batch_help="images per step, all devices together",
+                 seed_help="shuffle/augmentation/dropout seed")
     p.add_argument("--patience", type=int, default=PATIENCE, help="early-stopping patience in epochs")
-    p.add_argument("--seed", type=int, default=42, help="shuffle/augmentation/dropout seed (SEED)")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
                    help="float16 compute with float32 weights and output; auto = on iff a GPU is visible")
     p.add_argument("--xla", type=int, default=0, choices=[0, 1], help="compile the train step with XLA (XLA)")

@@ -50,9 +50,17 @@ def finish(probs, meta: dict, model_path, calibrate: bool):
     return out, t
 
 
-def add_options(p, default_batch: int = 32):
-    """The options both prediction commands share: batch, calibration and test-time augmentation."""
-    p.add_argument("--batch", type=int, default=default_batch, help="images per forward pass")
+def parser(prog: str, description: str, source: str, source_default: str, source_help: str, out_default: str,
+           out_var: str):
+    """The parser both prediction commands start from: what to predict, MODEL, the output, batch, CALIBRATE, TTA."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(f"--{source}", default=source_default, help=source_help)
+    p.add_argument("--model", default="artifacts/finetune/model.keras", help="model from make finetune (MODEL)")
+    p.add_argument("--out", default=out_default, help=f"CSV to write ({out_var})")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
     p.add_argument("--calibrate", type=int, default=1, choices=[0, 1],
                    help="apply the temperature make finetune fitted; 0: raw probabilities (CALIBRATE)")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="flip: average over the image and its mirror (TTA)")
+    return p

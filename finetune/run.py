@@ -19,7 +19,7 @@ from core.lock import output_lock
 from core.metrics import scores
 from core.runs import RunState, best_epoch
 from core.versions import package_versions
-from extract.images import check_same_images
+from extract.verify import check_same_images
 
 from . import model as fm, record, train
 from .cached import CachedPath

@@ -5,7 +5,6 @@ MODEL_DIR/model.keras when given, and DATA (val images for the fine-tuned model,
 report.html, top_losses.csv, label_issues.csv, near_duplicates.csv, summary.json (each through a temporary file).
 Example: python -m report --features artifacts/features.h5 --head-dir artifacts/head --data data/train --report-dir artifacts/report
 """
-import json
 import os
 import time
 
@@ -16,7 +15,7 @@ from core import WorkflowError
 from core.files import replacing, write_csv, write_json
 from core.metrics import BINS
 
-from . import duplicates, labels, scores
+from . import duplicates, labels, scores, sections
 
 PREDICT_BATCH = 256  # cached feature rows per forward pass of the head: small next to a chunk window
 
@@ -40,7 +39,7 @@ def check_model_dir(model_dir, cache):
 
 def check_data(data, cache) -> list:
     """DATA must be the cache's image set; notes (not an error) when it is the same folder, changed since."""
-    from extract.images import check_same_images as same_files
+    from extract.verify import check_same_images as same_files
 
     try:
         same_files(data, cache)
@@ -51,14 +50,6 @@ def check_data(data, cache) -> list:
         return [f"DATA={data} changed since the cache was built (files moved or deleted): missing images show a "
                 f"placeholder"]
     return []
-
-
-def load_json(path) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def top_losses(model_name, rows, y, p, cache, n: int) -> list:
@@ -101,8 +92,6 @@ def build_report(features, head_dir, model_dir, data, report_dir, top_n=24, seed
     from classify import baseline
     from classify.data import pool_and_scale
     from classify.record import HeadMismatch, read_head_record
-
-    from . import sections
 
     t = {"start": time.perf_counter()}
     seconds = {}

@@ -3,6 +3,7 @@
 Reads the thumbnails' source images under DATA and the stages' curves.png files. Writes nothing.
 Example: (called by report.build.build_report) python -m report --features ... --head-dir ... --data ...
 """
+import json
 import os
 
 from . import figures, html, thumbs
@@ -70,9 +71,12 @@ def _settings(config, name, m) -> str:
 
 
 def figures_json(path) -> dict:
-    from .build import load_json
-
-    return load_json(path)
+    """A JSON record (metrics.json) as a dict; {} when it is missing or unreadable (the report shows what it has)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def scores_section(scored, class_names) -> str:

@@ -30,10 +30,14 @@ def train_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cache_path(train_dir, tmp_path_factory):
     """A complete stage-1 cache of `train_dir` (mixed7, float32)."""
+    return build_cache(train_dir, tmp_path_factory.mktemp("cache") / "features.h5")
+
+
+def build_cache(data, path, *extra):
+    """`make features` of `data` into `path` (75 px, WEIGHTS=none, BATCH=16, `extra` flags), in this process."""
     from extract.__main__ import main
 
-    path = tmp_path_factory.mktemp("cache") / "features.h5"
-    assert main(extract_args(train_dir, path)) == 0
+    assert main(extract_args(data, path, *extra)) == 0
     return path
 
 

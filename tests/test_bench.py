@@ -2,10 +2,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_module
 
 
+@pytest.mark.slow
 def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",

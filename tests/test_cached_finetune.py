@@ -79,6 +79,7 @@ def test_views_are_deterministic_per_image_and_view():
     assert (np.sign(t[:, 0] * t[:, 4]) < 0).any() and (np.sign(t[:, 0] * t[:, 4]) > 0).any()  # flipped or not
 
 
+@pytest.mark.slow
 def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, monkeypatch):
     from cache import fingerprint
     from extract import backbone, features, images, views
@@ -100,6 +101,7 @@ def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, 
         assert c.config["augmentation"]["views"] == K and c.config["augmentation"]["layers"] == ["mixed6"]
 
 
+@pytest.mark.slow
 def test_cached_views_equal_the_backbone_on_the_views(views_cache, train_dir):
     from extract.backbone import build_backbone
     from extract.images import discover, load_image
@@ -126,6 +128,7 @@ def test_cached_views_equal_the_backbone_on_the_views(views_cache, train_dir):
             c.read_views(rows, 0, "mixed7")
 
 
+@pytest.mark.slow
 def test_views_are_committed_with_their_rows_and_survive_a_resume(tmp_path):
     n, shape, rng = 23, (2, 2, 3), np.random.default_rng(0)
     split = np.where(np.arange(n) % 4 == 0, SPLIT_VAL, SPLIT_TRAIN).astype(np.int8)
@@ -165,6 +168,7 @@ def test_views_are_committed_with_their_rows_and_survive_a_resume(tmp_path):
             np.testing.assert_array_equal(a.read_views(tr, v, "l"), views[kept[tr], v])
 
 
+@pytest.mark.slow
 def test_extract_refuses_views_without_mixed6_or_labels(tmp_path, capsys):
     from extract.__main__ import main
     from extract.synth import make_dataset
@@ -180,6 +184,7 @@ def test_extract_refuses_views_without_mixed6_or_labels(tmp_path, capsys):
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_each_epoch_draws_one_view_per_train_image(built):
     from finetune.cached import ViewFeeds
 
@@ -199,6 +204,7 @@ def test_each_epoch_draws_one_view_per_train_image(built):
 
 
 # -- equivalence -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_cached_model_is_the_full_models_own_block_and_head(built):
     import keras
 
@@ -212,6 +218,7 @@ def test_the_cached_model_is_the_full_models_own_block_and_head(built):
     assert set(names) == {l.name for l in model.layers if l.trainable}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_one_step_changes_the_weights_exactly_as_end_to_end(built, train_dir, optimizer):
     """Images through the full model vs their cached mixed6 features through the cached model, same initial weights.
@@ -269,6 +276,7 @@ def test_one_step_changes_the_weights_exactly_as_end_to_end(built, train_dir, op
     assert np.linalg.norm(other_mask[k] - e2e[k]) > 1e-1 * np.linalg.norm(e2e[k])
 
 
+@pytest.mark.slow
 def test_exported_model_predicts_what_the_cached_model_predicted(built, train_dir, tmp_path):
     from core.runs import epoch_clock
     from finetune import cached as fc, train
@@ -302,6 +310,7 @@ def test_exported_model_predicts_what_the_cached_model_predicted(built, train_di
 
 
 # -- the entry point ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_dir, train_dir, tmp_path, capsys):
     from finetune.record import load_model
     from finetune.run import finetune
@@ -322,6 +331,7 @@ def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_d
     assert finetune(a) == 0 and "up to date" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cached_finetune_refuses_a_cache_without_mixed6(cache_path, head_dir, train_dir, tmp_path):
     from finetune.run import finetune
 
@@ -330,6 +340,7 @@ def test_cached_finetune_refuses_a_cache_without_mixed6(cache_path, head_dir, tr
     assert not (tmp_path / "ft").exists()
 
 
+@pytest.mark.slow
 def test_cached_finetune_refuses_a_head_of_another_cache(views_cache, head_dir, train_dir, tmp_path):
     import shutil
 

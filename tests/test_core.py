@@ -48,6 +48,7 @@ def test_the_filter_keeps_everything_but_start_up_lines(tmp_path):
     assert "kept as well" in err and not any(l in err for l in STARTUP), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_importing_tensorflow_prints_nothing(onednn):
     env = {"TF_ENABLE_ONEDNN_OPTS": onednn, "TF_CPP_MIN_LOG_LEVEL": "0"}  # the most TF would print

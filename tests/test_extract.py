@@ -21,6 +21,7 @@ def _extract(data, out, *extra):
     return open_cache(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["kaggle", "folders", "petimages", "unlabelled"])
 def test_every_layout_caches_every_decodable_file_and_skips_broken_ones(tmp_path, layout):
     written = make_dataset(tmp_path / "d", n=12, layout=layout, seed=1, broken=4, odd=True)
@@ -66,6 +67,7 @@ def test_split_is_stratified_and_deterministic(cache_path):
     assert (a == b).all() and (a != stratified_split(labels, 0.2, 8)).any()
 
 
+@pytest.mark.slow
 def test_cached_features_equal_the_live_model(cache_path, train_dir):
     from extract.backbone import build_backbone, weights_digest
 
@@ -78,6 +80,7 @@ def test_cached_features_equal_the_live_model(cache_path, train_dir):
         np.testing.assert_allclose(c.read(rows), live, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_several_layers_in_one_pass(tmp_path, train_dir, cache_path):
     with _extract(train_dir, tmp_path / "f.h5", "--layers", "mixed6,mixed7") as c, open_cache(cache_path) as one:
         assert c.layers == ["mixed6", "mixed7"] and c.layer == "mixed6"
@@ -87,6 +90,7 @@ def test_several_layers_in_one_pass(tmp_path, train_dir, cache_path):
         np.testing.assert_allclose(c.read(rows, "mixed7"), one.read(rows), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_up_to_date_then_stale_on_config_or_input_change(tmp_path):
     make_dataset(tmp_path / "d", n=10, seed=2)
     out = tmp_path / "f.h5"
@@ -108,6 +112,7 @@ def _committed(path):
     return committed_inputs(path)  # HDF5 refuses to open a file being written: conftest reads a copy
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     make_dataset(tmp_path / "d", n=400, seed=4, broken=2, size=(40, 90))
     out, ref = tmp_path / "f.h5", tmp_path / "ref.h5"
@@ -177,6 +182,7 @@ def test_user_errors_exit_2_with_the_fix_and_no_traceback(tmp_path, case, expect
     assert_user_error(run_module("extract", *args), *expect)
 
 
+@pytest.mark.slow
 def test_imagenet_offline_says_where_to_put_the_weights(tmp_path):
     make_dataset(tmp_path / "d", n=4)
     args = extract_args(tmp_path / "d", tmp_path / "f.h5")

@@ -77,7 +77,16 @@ def run_main(argv, capsys):
     return code, capsys.readouterr().err
 
 
+def assert_refused_before_training(result, model_dir):
+    """`python -m finetune` stopped by the equivalence check: exit 2, its one line, nothing trained or written."""
+    code, err = result
+    assert code == 2
+    assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
+    assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
+
+
 # -- the equivalence check -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
     from cache import SPLIT_VAL
     from finetune import equivalence
@@ -93,6 +102,7 @@ def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
     assert p_full.std() > 0.2  # predictions spread over 0..1, so agreeing within 1e-3 is not a coincidence
 
 
+@pytest.mark.slow
 def test_equivalence_check_catches_a_changed_head(built, train_dir):
     from finetune import equivalence
     from finetune.equivalence import EquivalenceError
@@ -108,6 +118,7 @@ def test_equivalence_check_catches_a_changed_head(built, train_dir):
         out.set_weights([kernel, bias])
 
 
+@pytest.mark.slow
 def test_broken_head_stops_before_fine_tuning(train_dir, cache_path, head_dir, tmp_path, monkeypatch, capsys):
     from finetune import model as fm
 
@@ -121,12 +132,11 @@ def test_broken_head_stops_before_fine_tuning(train_dir, cache_path, head_dir, t
 
     monkeypatch.setattr(fm, "copy_head_weights", copy_then_break)
     model_dir = tmp_path / "ft"
-    code, err = run_main(ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1"), capsys)
-    assert code == 2
-    assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
-    assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
+    assert_refused_before_training(run_main(ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1"),
+                                            capsys), model_dir)
 
 
+@pytest.mark.slow
 def test_equivalence_fails_for_a_head_from_another_cache(train_dir, cache_path, head_dir, tmp_path, capsys):
     """head.keras of another cache (same feature shape) dropped into this HEAD_DIR: its metrics.json still names this
     cache, so the fingerprint check passes, and the equivalence check must catch it. Both sides of the comparison
@@ -148,12 +158,11 @@ def test_equivalence_fails_for_a_head_from_another_cache(train_dir, cache_path, 
     shutil.copytree(head_dir, mixed)
     shutil.copy(os.path.join(other_head, "head.keras"), mixed / "head.keras")
     model_dir = tmp_path / "ft"
-    code, err = run_main(ft_args(train_dir, cache_path, mixed, model_dir, "--epochs", "1"), capsys)
-    assert code == 2
-    assert "equivalence check failed, not fine-tuning" in err and "Traceback" not in err
-    assert not (model_dir / "model.keras").exists() and not (model_dir / "_work").exists()
+    assert_refused_before_training(run_main(ft_args(train_dir, cache_path, mixed, model_dir, "--epochs", "1"),
+                                            capsys), model_dir)
 
 
+@pytest.mark.slow
 def test_refuses_a_head_trained_on_another_cache(train_dir, cache_path, head_dir, tmp_path, capsys):
     other = tmp_path / "other_head"
     shutil.copytree(head_dir, other)
@@ -167,6 +176,7 @@ def test_refuses_a_head_trained_on_another_cache(train_dir, cache_path, head_dir
     assert not (tmp_path / "ft").exists()
 
 
+@pytest.mark.slow
 def test_refuses_a_backbone_whose_weights_differ_from_the_cache(built):
     from cache import CacheMismatch
     from finetune import model as fm
@@ -177,6 +187,7 @@ def test_refuses_a_backbone_whose_weights_differ_from_the_cache(built):
         fm.build_full_model(cache.config, info, cache.layer, cache.feature_shape(), "0" * 64, cache.path)
 
 
+@pytest.mark.slow
 def test_refuses_data_that_is_not_the_cached_image_set(cache_path, head_dir, tmp_path, capsys):
     from extract.synth import make_dataset
 
@@ -186,6 +197,7 @@ def test_refuses_data_that_is_not_the_cached_image_set(cache_path, head_dir, tmp
 
 
 # -- what is trained -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_trainable_set_is_the_non_bn_layers_from_unfreeze_from(built):
     from core import WorkflowError
     from finetune import model as fm
@@ -209,6 +221,7 @@ def test_trainable_set_is_the_non_bn_layers_from_unfreeze_from(built):
     fm.set_trainable(model, trunk, "mixed6")
 
 
+@pytest.mark.slow
 def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
     import keras
 
@@ -243,6 +256,7 @@ def test_bn_stays_frozen_in_inference_mode_through_an_epoch(built, train_dir):
 
 
 # -- the command, killed and resumed -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_finetune_resumes_after_sigkill_and_writes_its_artifacts(train_dir, cache_path, head_dir, tmp_path):
     from finetune.record import load_model
 
@@ -348,6 +362,7 @@ print(json.dumps(res))
 """
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_devices_matches_one_device(train_dir, cache_path, head_dir, tmp_path):
     model_dir = tmp_path / "ft"
     args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "1")

@@ -251,7 +251,7 @@ def test_checksum_cost_is_measured():
 # -- moved or copied data -------------------------------------------------------------------------------------
 def test_a_copied_data_folder_and_a_moved_cache_are_up_to_date(tmp_path, train_dir, cache_path, capsys):
     from extract.__main__ import main as extract_main
-    from extract.images import check_same_images as check_data
+    from extract.verify import check_same_images as check_data
 
     data, cache = tmp_path / "elsewhere" / "train", tmp_path / "elsewhere" / "features.h5"
     shutil.copytree(train_dir, data)

@@ -50,6 +50,7 @@ def trained(cache_path, tmp_path_factory):
     return head_dir, proc
 
 
+@pytest.mark.slow
 def test_head_and_baseline_learn_the_synthetic_task(trained, cache_path):
     head_dir, proc = trained
     m = load_metrics(head_dir)
@@ -71,6 +72,7 @@ def test_head_and_baseline_learn_the_synthetic_task(trained, cache_path):
     assert not os.path.exists(os.path.join(head_dir, "_work"))  # finished runs leave nothing to resume
 
 
+@pytest.mark.slow
 def test_saved_head_and_baseline_reproduce_their_metrics_on_raw_features(trained, cache_path):
     """head.keras is the recipe's head, takes raw cached features (the scale is folded in), and is the one scored."""
     import joblib
@@ -177,6 +179,7 @@ def both_paths(big_cache, tmp_path_factory):
     return runs, info
 
 
+@pytest.mark.slow
 def test_streaming_and_in_memory_give_the_same_head(both_paths):
     runs, _ = both_paths
     (m_mem, h_mem, w_mem, _), (m_str, h_str, w_str, _) = runs["memory"], runs["stream"]
@@ -190,6 +193,7 @@ def test_streaming_and_in_memory_give_the_same_head(both_paths):
     assert len(w_mem) == len(w_str) and all(np.array_equal(a, b) for a, b in zip(w_mem, w_str))  # bit for bit
 
 
+@pytest.mark.slow
 def test_cache_over_budget_is_never_read_whole(both_paths):
     runs, info = both_paths
     mem, streamed = runs["memory"][3], runs["stream"][3]
@@ -201,6 +205,7 @@ def test_cache_over_budget_is_never_read_whole(both_paths):
     assert sum(streamed.sizes) >= 2 * info["n_train"]
 
 
+@pytest.mark.slow
 def test_streamed_reads_follow_each_epochs_shuffled_windows(both_paths, big_cache):
     """The epoch number reaches the generator: epoch e reads exactly epoch_windows(seed, e), in order."""
     streamed = both_paths[0]["stream"][3]
@@ -263,6 +268,7 @@ def _not_hdf5(tmp_path):
     (lambda t: _small_cache(t, "mixed6", layers="mixed6"), "layer='mixed6', expected 'mixed7'"),
     (_flat_cache, "the head needs (h, w, c) maps"),
 ], ids=["missing", "partial", "not-hdf5", "foreign", "unlabelled", "wrong-layer", "wrong-shape"])
+@pytest.mark.slow
 def test_wrong_cache_exits_2_naming_the_fix(make, expect, tmp_path):
     proc = run_module("classify", *classify_args(make(tmp_path), tmp_path / "head"))
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -298,6 +304,7 @@ def _backup_epoch(head_dir):
         return 0
 
 
+@pytest.mark.slow
 def test_sigkilled_training_resumes_from_its_last_epoch(cache_path, tmp_path):
     head_dir = tmp_path / "head"
     args = classify_args(cache_path, head_dir, "--epochs", 6, "--batch", 16)

@@ -43,6 +43,7 @@ def reference_probs(model_file, folder, names):
     return dict(zip(names, model(x, training=False).numpy().ravel()))
 
 
+@pytest.mark.slow
 def test_predict_on_a_folder_with_broken_files(model_file, kaggle_test_dir, tmp_path):
     folder, written = kaggle_test_dir
     out = tmp_path / "pred.csv"
@@ -68,6 +69,7 @@ def test_predict_on_a_folder_with_broken_files(model_file, kaggle_test_dir, tmp_
     assert "images/s" in r.stdout
 
 
+@pytest.mark.slow
 def test_submission_file_format(model_file, kaggle_test_dir, tmp_path, capsys):
     from finetune.predictions import BROKEN_PROB, CLIP
     from finetune.submission import main
@@ -101,6 +103,7 @@ def test_submission_rows_clip_sort_and_fill():
     assert rows == [(1, "0.500000"), (2, "0.005000"), (10, "0.995000"), (33, "0.300000")]
 
 
+@pytest.mark.slow
 def test_submission_refuses_non_numeric_names(model_file, train_dir, tmp_path, capsys):
     from finetune.submission import main
 
@@ -112,6 +115,7 @@ def test_submission_refuses_non_numeric_names(model_file, train_dir, tmp_path, c
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_file_that_is_not_a_finetuned_model(kaggle_test_dir, tmp_path, capsys):
     from finetune.predict import main
 

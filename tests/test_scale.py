@@ -12,8 +12,8 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: `make install
 
 from cache import CacheIncomplete, open_cache  # noqa: E402
 from cache.shards import ShardFailed, manifest_path, read_manifest, shard_path, shard_ranges  # noqa: E402
-from conftest import extract_args, run_module  # noqa: E402
-from extract.__main__ import main as extract_main, parse_args  # noqa: E402  (the CLI, as `make` runs it)
+from conftest import build_cache, extract_args, run_module  # noqa: E402
+from extract.__main__ import parse_args  # noqa: E402  (the CLI, as `make` runs it)
 from extract.shard import connect, pool_plan, run_sharded  # noqa: E402
 from extract.synth import make_dataset  # noqa: E402
 
@@ -37,9 +37,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "features.h5"
-    assert extract_main(extract_args(data, out)) == 0
-    return out
+    return build_cache(data, tmp_path_factory.mktemp("single") / "features.h5")
 
 
 def _sharded(data, out, shards=SHARDS):
@@ -68,6 +66,7 @@ def _assert_same(a_path, b_path):
         np.testing.assert_allclose(a.read(rows), b.read(rows), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_process_row_for_row(sharded, single):
     out, result = sharded
     assert result["computed"] == [0, 1] and result["workers"] == 2
@@ -95,6 +94,7 @@ def test_sharded_equals_single_process_row_for_row(sharded, single):
     assert (out.parent / "features.skipped.txt").read_text().count("\n") == N_BROKEN
 
 
+@pytest.mark.slow
 def test_assignment_is_contiguous_stable_and_balanced(sharded):
     for n, k in [(42, 2), (7, 3), (25_000, 8), (5, 5)]:
         ranges = shard_ranges(n, k)
@@ -113,6 +113,7 @@ def test_pool_plan_fits_the_nodes():
     assert pool_plan([(2, 0)], todo=8, workers=1, cpus_per_worker=1) == (1, 1, 0)
 
 
+@pytest.mark.slow
 def test_deleted_shard_reads_as_an_error_then_only_it_is_recomputed(data, sharded, single, tmp_path):
     out = _copy(sharded, tmp_path)
     kept, gone = shard_path(out, 0), shard_path(out, 1)
@@ -131,6 +132,7 @@ def test_deleted_shard_reads_as_an_error_then_only_it_is_recomputed(data, sharde
     _assert_same(out, single)
 
 
+@pytest.mark.slow
 def test_damaged_shards_are_detected_and_recomputed(data, sharded, single, tmp_path, capsys):
     out = _copy(sharded, tmp_path)
     truncated, flipped = shard_path(out, 0), shard_path(out, 1)
@@ -151,6 +153,7 @@ def test_damaged_shards_are_detected_and_recomputed(data, sharded, single, tmp_p
     _assert_same(out, single)
 
 
+@pytest.mark.slow
 def test_cli_engine_ray_then_up_to_date_without_starting_ray(data, single, tmp_path):
     out = tmp_path / "features.h5"
     r = run_module("extract", *extract_args(data, out, "--engine", "ray", "--shards", "2"))
@@ -165,6 +168,7 @@ def test_cli_engine_ray_then_up_to_date_without_starting_ray(data, single, tmp_p
     assert r.returncode == 2 and r.stderr.startswith("error: SHARDS=0") and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_lost_front_file_is_rebuilt_from_valid_shards_without_recomputing(data, sharded, single, tmp_path):
     out = _copy(sharded, tmp_path)
     os.remove(out)
@@ -172,6 +176,7 @@ def test_lost_front_file_is_rebuilt_from_valid_shards_without_recomputing(data, 
     _assert_same(out, single)
 
 
+@pytest.mark.slow
 def test_fewer_shards_recompute_and_drop_the_unused_shard_files(data, sharded, single, tmp_path, capsys):
     out = _copy(sharded, tmp_path)
     assert _sharded(data, out, shards=1)["computed"] == [0]
@@ -181,6 +186,7 @@ def test_fewer_shards_recompute_and_drop_the_unused_shard_files(data, sharded, s
     _assert_same(out, single)
 
 
+@pytest.mark.slow
 def test_a_failing_shard_is_named_and_the_others_are_kept(data, sharded, single, tmp_path, capsys):
     out = _copy(sharded, tmp_path)
     for k in range(SHARDS):
@@ -197,6 +203,7 @@ def test_a_failing_shard_is_named_and_the_others_are_kept(data, sharded, single,
     _assert_same(out, single)
 
 
+@pytest.mark.slow
 def test_stage_2_trains_on_the_sharded_front_file_as_on_the_single_file(sharded, single, tmp_path):
     """The front file is read through cache/ unchanged: streamed (tiny MEM_BUDGET, so the virtual datasets' recorded
     `chunk_rows` drive the reads), the head and the baseline give the same metrics as on the single-file cache.

@@ -20,13 +20,20 @@ def sweep_args(features, sweep_dir, trials=TRIALS):
 
 
 def study_states(sweep_dir) -> dict:
-    """{state name: count} of the one study in SWEEP_DIR/study.db, read as Optuna reads it."""
+    """{state name: count} of the one study in SWEEP_DIR/study.db, read as Optuna reads it.
+
+    Under the SWEEP_DIR lock, as every worker does: an Optuna client opening a database whose tables a sweep is
+    creating at that moment creates them too, and one of the two then fails with "table already exists"."""
     import optuna
 
+    from classify.sweep.outputs import locked
+
     url = f"sqlite:///{os.path.join(sweep_dir, 'study.db')}"
-    names = optuna.get_all_study_names(url)
-    assert len(names) == 1, names
-    states = [t.state.name for t in optuna.load_study(study_name=names[0], storage=url).get_trials(deepcopy=False)]
+    with locked(sweep_dir):
+        names = optuna.get_all_study_names(url)
+        assert len(names) == 1, names
+        trials = optuna.load_study(study_name=names[0], storage=url).get_trials(deepcopy=False)
+    states = [t.state.name for t in trials]
     return {s: states.count(s) for s in set(states)}
 
 

@@ -1,0 +1,19 @@
+"""`make features`: one writer per cache, then the local engine (extract/features.py) or Ray (extract/shard.py).
+
+Reads DATA; writes FEATURES (and, with ENGINE=ray, its shard files) under FEATURES.lock.
+Example: python -m extract --data data/train --features artifacts/features.h5 --engine ray --shards 8
+"""
+from core.lock import output_lock
+
+from .features import Settings, extract_features
+
+
+def run(s: Settings) -> int:
+    """Stage 1 under the FEATURES lock (a second run on the same cache exits 2 at once), on the chosen engine."""
+    with output_lock(s.features, "FEATURES"):
+        if s.engine == "ray":
+            from .shard import run_sharded  # Ray is an optional extra: imported only when asked for
+
+            run_sharded(s)
+            return 0
+        return extract_features(s)
