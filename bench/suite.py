@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core.files import write_json, write_text
+from core.lock import output_lock
 from extract import images
 from extract.synth import make_dataset
 
@@ -51,7 +52,12 @@ class Options:
 
 
 def run_bench(a: Options) -> int:
-    """Every section in turn; writes bench.json and bench.md, prints the table."""
+    """Every section in turn, under a lock on bench.json; writes bench.json and bench.md, prints the table."""
+    with output_lock(a.out, "OUT"):  # python -m bench --out
+        return _run(a)
+
+
+def _run(a: Options) -> int:
     work = a.work
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

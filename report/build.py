@@ -13,6 +13,7 @@ import numpy as np
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import WorkflowError
 from core.files import replacing, write_csv, write_json
+from core.lock import output_lock
 from core.metrics import BINS
 
 from . import duplicates, labels, scores, sections
@@ -88,7 +89,12 @@ def predictions(cache, layer, head_dir, model_dir, data, pooled_val, notes):
 
 def build_report(features, head_dir, model_dir, data, report_dir, top_n=24, seed=42, folds=labels.FOLDS,
                  dup_threshold=duplicates.THRESHOLD) -> dict:
-    """Everything `make report` does; returns summary.json's content (with `seconds` per part)."""
+    """Everything `make report` does, under REPORT_DIR's lock; returns summary.json's content (seconds per part)."""
+    with output_lock(report_dir, "REPORT_DIR"):
+        return _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, dup_threshold)
+
+
+def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, dup_threshold) -> dict:
     from classify import baseline
     from classify.data import pool_and_scale
     from classify.record import HeadMismatch, read_head_record
