@@ -21,7 +21,7 @@ from core.lock import output_lock
 from extract import images
 from extract.synth import make_dataset
 
-from cache.integrity import checksum_cost
+from cache.checks import checksum_cost
 
 from . import finetuning as bft, iteration, stages
 from .profile import flop_ceiling

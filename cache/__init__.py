@@ -4,6 +4,7 @@ format.py   name, version, split codes, chunking, identity attributes
 writer.py   the resumable writer and its background commits        reader.py  open_cache, FeatureCache, cache_state
 order.py    the shuffled, chunk-aligned training order              shards.py  sharded caches (Ray) and their front file
 integrity.py  checksums (Fletcher32, checksummed metadata, the attributes' seal) and damage as one clean error
+checks.py   what the checksums catch and cost, measured (damage_scan, checksum_cost)
 """
 from .errors import CacheIncomplete, CacheMismatch
 from .integrity import CacheCorrupt

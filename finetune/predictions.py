@@ -138,9 +138,9 @@ def submission_rows(ids, probs, clip: float = CLIP):
 
 def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True, clip=CLIP) -> int:
     """`make submission`: SUBMISSION in Kaggle Redux format for the images in TEST, under a lock on the file."""
-    if not os.path.isdir(test):
-        raise WorkflowError(f"TEST={test}: no such folder; unpack Kaggle's test zip with `make data` first")
     with output_lock(out, "SUBMISSION"):
+        if not os.path.isdir(test):
+            raise WorkflowError(f"TEST={test}: no such folder; unpack Kaggle's test zip with `make data` first")
         root, paths = list_inputs(test)
         ids = kaggle_ids(paths, root)
         positive = load_model_classes(model_path)[1]

@@ -216,7 +216,7 @@ def test_damage_anywhere_reads_the_original_values_or_exits_2(tmp_path, cache_pa
 
 
 def test_damage_scan_counts_no_different_values(cache_path):
-    from cache.integrity import damage_scan
+    from cache.checks import damage_scan
 
     m = damage_scan(cache_path, n=30)
     assert m["different"] == [] and m["refused"] > 0 and m["same"] + m["refused"] == m["copies"] >= 20
@@ -242,7 +242,7 @@ def test_every_dataset_of_the_cache_is_checksummed(cache_path):
 
 
 def test_checksum_cost_is_measured():
-    from cache.integrity import checksum_cost
+    from cache.checks import checksum_cost
 
     m = checksum_cost(rows=60, row_shape=(3, 3, 64), chunk_rows=20, repeats=1)
     assert m["plain_read_mb_s"] > 0 and m["checksummed_read_mb_s"] > 0 and "checksum_read_cost" in m
