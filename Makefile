@@ -149,12 +149,13 @@ finetune: $(STAMP)
 
 ## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)
-	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS) --calibrate $(CALIBRATE) --tta $(TTA)
+	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS) --calibrate $(CALIBRATE) --tta $(TTA) \
+	  $(call opt,--batch,$(BATCH))
 
 ## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST (CALIBRATE, TTA, CLIP)
 submission: $(STAMP)
 	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION) --calibrate $(CALIBRATE) \
-	  --tta $(TTA) --clip $(CLIP)
+	  --tta $(TTA) --clip $(CLIP) $(call opt,--batch,$(BATCH))
 
 ## report: REPORT_DIR/report.html (scores, top losses, suspected label errors, near-duplicates) + CSVs; MODEL_DIR if it has model.keras
 report: $(STAMP)

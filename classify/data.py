@@ -71,7 +71,7 @@ class Feeds:
     seed: int
     scale: float
     in_memory: bool
-    epoch: int = 0  # set by the training loop before each epoch's iterator starts (see train.EpochFeed)
+    epoch: int = 0  # set by the training loop before each epoch's iterator starts (core.runs: the EpochClock callback)
     # Stage 3's batch rule for training (extract.pipeline.labelled_dataset): every batch exactly `batch` rows, the last
     # padded with zero-weight rows, as (x, y, weight). Off for stage 2, whose last batch stays short and unweighted.
     pad_last: bool = False

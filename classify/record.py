@@ -71,6 +71,26 @@ def save_head(head_dir, head):
         head.save(tmp)
 
 
+def save_outputs(head_dir, head, history, title: str):
+    """head.keras, history.csv and curves.png of a trained head (metrics.json comes after them, last)."""
+    from core.curves import save_curves
+    from core.runs import write_history
+
+    save_head(head_dir, head)
+    write_history(os.path.join(head_dir, HISTORY_FILE), history)
+    save_curves(os.path.join(head_dir, CURVES_FILE), history, title)
+
+
+def load_baseline(head_dir):
+    """baseline.joblib as saved (HeadMismatch with the fix when it is missing)."""
+    import joblib
+
+    path = os.path.join(head_dir, BASELINE_FILE)
+    if not os.path.isfile(path):
+        raise HeadMismatch(f"HEAD_DIR={head_dir}: no {BASELINE_FILE}; rerun `make head HEAD_DIR={head_dir}`")
+    return joblib.load(path)
+
+
 def save_baseline(head_dir, model):
     """baseline.joblib, atomically."""
     import joblib
@@ -90,6 +110,14 @@ def write_metrics(head_dir, head: dict, baseline, cache, layer, config: dict) ->
     doc = metrics_doc(head, baseline, cache, layer, config)
     write_json(os.path.join(head_dir, METRICS_FILE), doc)
     return doc
+
+
+def read_metrics_or_empty(head_dir) -> dict:
+    """metrics.json, or {} when it is missing or unreadable (for readers that show what there is)."""
+    try:
+        return read_metrics(head_dir)
+    except HeadMismatch:
+        return {}
 
 
 def read_metrics(head_dir) -> dict:

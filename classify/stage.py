@@ -13,10 +13,9 @@ import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import space
-from core.curves import save_curves
 from core.lock import output_lock
 from core.metrics import scores, val_keys
-from core.runs import RunState, write_history
+from core.runs import RunState, best_epoch
 
 from . import baseline, calibrate, data, record
 from .head import HEAD_DROPOUT, HEAD_UNITS, head_config
@@ -91,24 +90,28 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
     head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic,
                       head=s.head_config)
     history = run.rows()
-    p = head.predict(feeds.val(raw=True), verbose=0)
-    cal = calibrate.fit_temperature(cache.labels[feeds.val_order], p)  # recorded; applied at prediction time
-    print(calibrate.describe(cal))
-    record.save_head(s.head_dir, head)
-    write_history(os.path.join(s.head_dir, record.HISTORY_FILE), history)
-    save_curves(os.path.join(s.head_dir, record.CURVES_FILE), history,
-                f"head on {os.path.basename(cache.path)} ({s.layer}), LR={s.lr:g}, BATCH={s.batch}")
-    seconds = sum(r["seconds"] for r in history)  # every epoch, including those before a kill
-    best = int(np.argmin([r["val_loss"] for r in history]))
-    m = {**val_keys(scores(cache.labels[feeds.val_order], p)), "n_train": len(tr), "n_val": len(va),
-         "epochs": len(history), "best_epoch": best + 1, "seconds": round(seconds, 3),
-         "seconds_per_epoch": round(seconds / len(history), 3),
-         "examples_per_s": round(rate(len(tr) * len(history), seconds), 1),
-         "data": feeds.source, "load_seconds": round(load_s, 3), "kind": s.head, "parameters": head.count_params(),
-         "calibration": cal, "temperature": cal["temperature"]}
-    print(f"head: {len(history)} epochs x {len(tr):,} rows ({feeds.source}) in {seconds:.1f}s, "
-          f"{m['examples_per_s']:,.0f} examples/s; kept epoch {best + 1}, val accuracy {m['val_accuracy']:.4f}")
+    m = {**head_metrics(head, feeds, history, s.head), "load_seconds": round(load_s, 3)}
+    record.save_outputs(s.head_dir, head, history,
+                        f"head on {os.path.basename(cache.path)} ({s.layer}), LR={s.lr:g}, BATCH={s.batch}")
+    print(f"head: {len(history)} epochs x {len(tr):,} rows ({feeds.source}) in {m['seconds']:.1f}s, "
+          f"{m['examples_per_s']:,.0f} examples/s; kept epoch {m['best_epoch']}, val accuracy {m['val_accuracy']:.4f}")
     return m, run
+
+
+def head_metrics(head, feeds, history, kind: str) -> dict:
+    """metrics.json's `head` block for a trained head: val scores of the saved (raw-feature) head, its temperature,
+    and the run's epochs and seconds. Stage 2 and every sweep trial record the same block."""
+    p = head.predict(feeds.val(raw=True), verbose=0)
+    y = feeds.cache.labels[feeds.val_order]
+    cal = calibrate.fit_temperature(y, p)  # recorded; applied at prediction time
+    print(calibrate.describe(cal))
+    seconds = sum(r["seconds"] for r in history)  # every epoch, including those before a kill
+    n_train = len(feeds.train_rows)
+    return {**val_keys(scores(y, p)), "n_train": n_train, "n_val": len(feeds.val_rows), "epochs": len(history),
+            "best_epoch": best_epoch(history) + 1, "seconds": round(seconds, 3),
+            "seconds_per_epoch": round(seconds / len(history), 3),
+            "examples_per_s": round(rate(n_train * len(history), seconds), 1), "data": feeds.source, "kind": kind,
+            "parameters": head.count_params(), "calibration": cal, "temperature": cal["temperature"]}
 
 
 def train_head_dir(s: Settings) -> int:
@@ -122,9 +125,10 @@ def train_stage(s: Settings) -> int:
     budget = data.parse_bytes(s.mem_budget)
     with open_cache(s.features, layer=s.layer, need_labels=True, fix="make features") as cache:
         shape = record.check_layer_shape(cache, s.layer)
-        units = s.units if s.head == "flatten" else 0  # a pooled head is a rounding error next to a flatten one
+        # A pooled head sees (1, 1, c): its weights are a rounding error next to a flatten head's.
+        maps = shape if s.head == "flatten" else (1, 1, shape[-1])
         space.check_space(os.path.join(s.head_dir, record.HEAD_FILE),
-                          space.checkpoint_bytes(space.head_weights(shape, units)), "HEAD_DIR")
+                          space.checkpoint_bytes(space.head_weights(maps, s.units)), "HEAD_DIR")
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         held = data.held_bytes(cache, np.concatenate([tr, va]), s.layer)
         in_memory = held <= budget

@@ -1,7 +1,7 @@
 """Disk space: refuse to start a write that cannot fit, and turn a full disk mid-run into one clear line.
 
 Reads the free space of the folder an output goes to (shutil.disk_usage). Writes nothing.
-Example: python -c "from cache.space import check_space; check_space('artifacts/features.h5', 10 << 30, 'FEATURES')"
+Example: python -c "from core.space import check_space; check_space('artifacts/features.h5', 10 << 30, 'FEATURES')"
 
 Estimates (bytes, from shapes known before the first write):
 - stage 1: rows x (bytes of one row at every cached layer + K views) for the rows still to write; with checksums
@@ -68,8 +68,10 @@ def checkpoint_bytes(n_weights: int) -> int:
 
 
 def head_weights(feature_shape, units: int = 1024) -> int:
-    """Weights of classify.head.build_head's Flatten -> Dense(units) -> Dense(1) on `feature_shape` maps."""
-    return (int(np.prod(feature_shape)) + 1) * units + units + 1
+    """Weights of classify.head.build_head's Flatten -> Dense(units) -> Dense(1) on `feature_shape` maps (units=0:
+    Flatten -> Dense(1))."""
+    inputs = int(np.prod(feature_shape))
+    return (inputs + 1) * units + units + 1 if units else inputs + 1
 
 
 def is_enospc(e: BaseException) -> bool:

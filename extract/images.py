@@ -11,7 +11,6 @@ import numpy as np
 
 from cache import SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL
 from core import WorkflowError
-from core.files import fingerprint
 
 from . import photos
 
@@ -38,10 +37,6 @@ class ImageSet:
     @property
     def labelled(self) -> bool:
         return self.layout != "unlabelled"
-
-    def files_fingerprint(self) -> str:
-        """Identity of the input set: relative paths and byte sizes (not mtimes, so a copied folder still matches)."""
-        return fingerprint([(p, os.path.getsize(os.path.join(self.root, p))) for p in self.paths])
 
     def __repr__(self):
         counts = {c: int((self.labels == i).sum()) for i, c in enumerate(self.class_names)}

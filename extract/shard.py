@@ -29,10 +29,10 @@ import numpy as np
 from cache import CacheWriter, cache_state, fingerprint
 from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manifest, shard_path, shard_ranges,
                           write_front, write_manifest)
-from core import WorkflowError
+from core import WorkflowError, space
 from core.files import file_hash
 from core.versions import package_versions
-from extract import backbone, images
+from extract import backbone, images, verify
 from extract.features import (Settings, make_forward, provenance, resolve_config, run_extraction, split_of,
                               write_skipped)
 
@@ -98,7 +98,8 @@ def plan(s: Settings, imgs, split, config):
         part = images.ImageSet(imgs.root, imgs.layout, imgs.paths[lo:hi], imgs.labels[lo:hi], imgs.class_names)
         # A shard is a single-file cache of its own inputs: its fingerprint follows what decides its rows (its
         # files and sizes, their split, its place) and the run's settings, so a changed file elsewhere keeps it.
-        cfg = {**config, "n_inputs": hi - lo, "inputs_fingerprint": part.files_fingerprint(),
+        cfg = {**config, "n_inputs": hi - lo,
+               "inputs_fingerprint": verify.inputs_fingerprint(part.root, part.paths, s.verify),  # VERIFY, per shard
                "split_fingerprint": fingerprint(split[lo:hi].tolist()), "shard": k, "shards": s.shards,
                "shard_inputs": [lo, hi]}
         specs.append({"index": k, "file": shard_path(os.path.abspath(s.features), k), "lo": lo, "hi": hi,
@@ -227,6 +228,11 @@ def _raise_failures(features, todo, results):
         return
     for r in failed:
         print(f"shard {r['shard']:05d} failed on {r['host']}:\n{r['error']}", file=sys.stderr)
+    full = [r for r in failed if any(t in r["error"] for t in ("No space left on device", "errno = 28"))]
+    if full:  # a full disk is the user's to fix: one line, like the local engine's (each shard keeps its .partial)
+        raise space.NoSpace(f"no space left while writing {shard_path(features, full[0]['shard'])} on "
+                            f"{full[0]['host']} ({len(full)} of {len(todo)} shards): free space, then rerun the same "
+                            f"command; the finished shards and each shard's .partial are kept")
     what = [f"{shard_path(features, r['shard'])} on {r['host']}: {r['error'].strip().splitlines()[-1]}"
             for r in failed] + [f"{shard_path(features, k)}: no result from its worker" for k in lost]
     raise ShardFailed(f"{len(what)} of {len(todo)} shards failed ({'; '.join(what)}); the {len(done)} that finished "

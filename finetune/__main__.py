@@ -9,7 +9,7 @@ inputs and settings as an existing model.keras it is a quick no-op ("up to date"
 
 Two paths write the same model.keras: end to end from the image files (default; on-the-fly augmentation, mixed
 precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from cached mixed6 features and augmented
-views (finetune/cached.py; a tenth of the forward work per step, for CPUs).
+views (finetune/cached.py; about a third of the work per step, for CPUs).
 """
 import argparse
 

@@ -47,14 +47,20 @@ def predict_rows(model, cache, layer, rows, batch: int) -> np.ndarray:
     return out
 
 
-def predict_images(model, root, paths, size: int, batch: int):
-    """(P(class 1) per path, NaN where a file does not decode; [(path, reason)] of those) via the one image pipeline."""
+def predict_images(model, root, paths, size: int, batch: int, forward=None, on_batch=None):
+    """(P(class 1) per path, NaN where a file does not decode; [(path, reason)] of those) via the one image pipeline.
+
+    `forward` replaces forward_fn(model) (e.g. test-time augmentation); `on_batch(n, broken)` is called after each
+    batch with its size and its undecodable files (e.g. a progress bar)."""
     from extract.pipeline import image_batches
 
-    probs, broken, forward = np.full(len(paths), np.nan), [], forward_fn(model)
+    probs, broken, forward = np.full(len(paths), np.nan), [], forward or forward_fn(model)
     for idx, x, ok, reason in image_batches(root, paths, size, batch):
         idx, ok = idx.numpy(), ok.numpy()
         p = forward(x)
         probs[idx[ok]] = p[ok]
-        broken += [(paths[i], r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+        bad = [(paths[i], r.decode()) for i, good, r in zip(idx, ok, reason.numpy()) if not good]
+        broken += bad
+        if on_batch is not None:
+            on_batch(len(idx), bad)
     return probs, broken

@@ -22,13 +22,11 @@ from core import WorkflowError
 from core.files import write_csv, write_text
 from core.lock import output_lock
 from extract import images
-from extract.pipeline import image_batches
 
-from .finishing import finish, tta_forward
-from .infer import forward_fn
+from .finishing import DEFAULT_BATCH, finish, tta_forward
+from .infer import forward_fn, predict_images
 from .record import load_model
 
-DEFAULT_BATCH = 32
 # The competition is scored on log loss: one confident mistake at P = 1e-15 costs 34.5, as much as ~50
 # images at 0.5. Clipping to [0.005, 0.995] caps a mistake at -ln(0.005) = 5.3 while a correct answer still
 # costs only -ln(0.995) = 0.005: a cheap insurance on a leaderboard where the top scores are ~0.03-0.05.
@@ -64,19 +62,15 @@ def predict_files(model, image_size: int, root, paths, batch: int = DEFAULT_BATC
     tta='flip': the mean of P over each image and its horizontal mirror (finetune/finishing.py)."""
     from tqdm import tqdm
 
-    probs, broken = np.full(len(paths), np.nan), []
-    forward = tta_forward(forward_fn(model), tta)
     t0 = time.perf_counter()
     with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        for idx, x, ok, reason in image_batches(root, paths, image_size, batch):
-            idx, ok = idx.numpy(), ok.numpy()
-            p = forward(x)
-            probs[idx[ok]] = p[ok]
-            for i, good, r in zip(idx, ok, reason.numpy()):
-                if not good:
-                    broken.append((paths[i], r.decode()))
-                    tqdm.write(f"skipped {os.path.join(root, paths[i])}: {r.decode()}")
-            bar.update(len(idx))
+        def on_batch(n, bad):
+            for path, reason in bad:
+                tqdm.write(f"skipped {os.path.join(root, path)}: {reason}")
+            bar.update(n)
+
+        probs, broken = predict_images(model, root, paths, image_size, batch, tta_forward(forward_fn(model), tta),
+                                       on_batch)
     return probs, broken, time.perf_counter() - t0
 
 

@@ -59,6 +59,15 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False), meta
 
 
+def read_metrics_or_empty(model_dir) -> dict:
+    """MODEL_DIR/metrics.json, or {} when it is missing or unreadable (for readers that show what there is)."""
+    try:
+        with open(os.path.join(model_dir, METRICS_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def up_to_date(model_dir, run_fp: str) -> bool:
     """MODEL_DIR/model.keras exists and was written by a run of this configuration (its run fingerprint)."""
     try:

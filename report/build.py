@@ -15,6 +15,7 @@ from core import WorkflowError
 from core.files import replacing, write_csv, write_json
 from core.lock import output_lock
 from core.metrics import BINS
+from finetune.record import MODEL_FILE
 
 from . import duplicates, labels, scores, sections
 
@@ -25,9 +26,9 @@ def check_model_dir(model_dir, cache):
     """The fine-tuned model's record, after checking it was fine-tuned from `cache`."""
     from finetune.record import read_meta
 
-    path = os.path.join(model_dir, "model.keras")
+    path = os.path.join(model_dir, MODEL_FILE)
     if not os.path.isfile(path):
-        raise WorkflowError(f"MODEL_DIR={model_dir}: no model.keras; run `make finetune MODEL_DIR={model_dir}` "
+        raise WorkflowError(f"MODEL_DIR={model_dir}: no {MODEL_FILE}; run `make finetune MODEL_DIR={model_dir}` "
                             f"first, or leave MODEL_DIR empty (MODEL_DIR=) to report without a fine-tuned model")
     meta = read_meta(path)
     fp = meta.get("config", {}).get("cache_fingerprint")
@@ -63,20 +64,18 @@ def top_losses(model_name, rows, y, p, cache, n: int) -> list:
 
 def predictions(cache, layer, head_dir, model_dir, data, pooled_val, notes):
     """{model name: (val rows, labels, P(dog))} for the baseline, the head and, when given, the fine-tuned model."""
-    import joblib
-
-    from classify.record import load_head
+    from classify.record import load_baseline, load_head
     from finetune.infer import predict_rows
     from finetune.predictions import predict_files
     from finetune.record import load_model
 
     va = cache.rows(SPLIT_VAL)
     y = cache.labels[va]
-    base = joblib.load(os.path.join(head_dir, "baseline.joblib"))
+    base = load_baseline(head_dir)
     out = {"baseline": (va, y, base.predict_proba(pooled_val)[:, 1]),
            "head": (va, y, predict_rows(load_head(head_dir), cache, layer, va, PREDICT_BATCH))}
     if model_dir:
-        model, meta = load_model(os.path.join(model_dir, "model.keras"))
+        model, meta = load_model(os.path.join(model_dir, MODEL_FILE))
         p, broken, _ = predict_files(model, meta["image_size"], data, [cache.paths[i] for i in va],
                                      desc="fine-tuned on val images")
         ok = ~np.isnan(p)
@@ -97,7 +96,7 @@ def build_report(features, head_dir, model_dir, data, report_dir, top_n=24, seed
 def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, dup_threshold) -> dict:
     from classify import baseline
     from classify.data import pool_and_scale
-    from classify.record import HeadMismatch, read_head_record
+    from classify.record import load_baseline, read_head_record
 
     t = {"start": time.perf_counter()}
     seconds = {}
@@ -110,9 +109,7 @@ def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, 
     cache = open_cache(features, need_labels=True, fix="make features")
     with cache:
         record = read_head_record(head_dir, cache)
-        if not os.path.isfile(os.path.join(head_dir, "baseline.joblib")):
-            raise HeadMismatch(f"HEAD_DIR={head_dir}: no baseline.joblib; rerun `make head FEATURES={cache.path} "
-                               f"HEAD_DIR={head_dir}`")
+        load_baseline(head_dir)  # HEAD_DIR must be a whole stage-2 run: a sweep's best/ has no baseline
         model_meta = check_model_dir(model_dir, cache)[1] if model_dir else None
         notes = check_data(data, cache)
         layer = record.layer

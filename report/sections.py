@@ -3,8 +3,10 @@
 Reads the thumbnails' source images under DATA and the stages' curves.png files. Writes nothing.
 Example: (called by report.build.build_report) python -m report --features ... --head-dir ... --data ...
 """
-import json
 import os
+
+from classify.record import CURVES_FILE, read_metrics_or_empty
+from finetune.record import CURVES_FILE as MODEL_CURVES, read_metrics_or_empty as model_metrics
 
 from . import figures, html, thumbs
 
@@ -43,13 +45,13 @@ def run_summary(cache, head_dir, model_dir, model_meta, summary) -> str:
     body = "<h3>Cache</h3>" + html.table(rows, ["key", "value"])
     body += f"<h3>Skipped files ({len(cache.skipped)})</h3>"
     body += html.table(cache.skipped, ["path", "reason"]) if cache.skipped else '<p class="note">none</p>'
-    head = figures_json(os.path.join(head_dir, "metrics.json"))
+    head = read_metrics_or_empty(head_dir)
     stages = []
     for name in ("head", "baseline"):
         m = head.get(name, {})
         stages.append((f"stage 2: {name}", m.get("seconds"), _settings(head.get("config", {}), name, m)))
     if model_meta is not None:
-        ft = figures_json(os.path.join(model_dir, "metrics.json"))
+        ft = model_metrics(model_dir)
         cfg_ft = ft.get("config", model_meta.get("config", {}))
         keep = ("path", "unfreeze_from", "epochs", "batch", "lr", "seed", "mixed_precision", "xla")
         stages.append(("stage 3: fine-tuned", ft.get("seconds", {}).get("total_this_run"),
@@ -70,15 +72,6 @@ def _settings(config, name, m) -> str:
     return ", ".join(f"{k}={config[k]}" for k in keep if k in config) + f"; ran {m.get('epochs')} epochs"
 
 
-def figures_json(path) -> dict:
-    """A JSON record (metrics.json) as a dict; {} when it is missing or unreadable (the report shows what it has)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def scores_section(scored, class_names) -> str:
     names = list(scored)
     keys = [("val accuracy", "val_accuracy"), ("val log loss", "val_log_loss"), ("val AUC", "val_auc"),
@@ -93,9 +86,9 @@ def scores_section(scored, class_names) -> str:
 
 
 def curves_section(head_dir, model_dir) -> str:
-    items = [("head (stage 2)", os.path.join(head_dir, "curves.png"))]
+    items = [("head (stage 2)", os.path.join(head_dir, CURVES_FILE))]
     if model_dir:
-        items.append(("fine-tuned (stage 3)", os.path.join(model_dir, "curves.png")))
+        items.append(("fine-tuned (stage 3)", os.path.join(model_dir, MODEL_CURVES)))
     body = ""
     for name, path in items:
         uri = figures.file_uri(path)

@@ -320,7 +320,7 @@ from extract.pipeline import labelled_dataset
 from finetune import model as fm, train
 
 imgs = images.discover(sys.argv[1])
-# Stage 3's batch rule, as finetune/__main__.py applies it: 24 rows are 3 whole batches of 8; 17 rows end in a batch of
+# Stage 3's batch rule, as finetune/run.py applies it: 24 rows are 3 whole batches of 8; 17 rows end in a batch of
 # one real row and 7 zero-weight ones, which without the rule tf.distribute split as 1 + 0 (an empty replica batch).
 DATASETS = {n: labelled_dataset(imgs.root, imgs.paths[:n], imgs.labels[:n], 75, 8, pad_last=True) for n in (24, 17)}
 
@@ -331,7 +331,7 @@ def run(strategy, ds, w0=None):
             seen.append(float(logs["loss"]))
 
     seen = []
-    with strategy.scope():  # stage 3's own build, trainable rule and compile, as finetune/__main__.py runs them
+    with strategy.scope():  # stage 3's own build, trainable rule and compile, as finetune/run.py runs them
         model, trunk = fm.build_full_model({"image_size": 75}, {"weights": "none"}, "mixed7", (3, 3, 768))
         if w0 is not None:
             model.set_weights(w0)

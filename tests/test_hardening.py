@@ -1,5 +1,4 @@
 """Hardening (issue 14): one writer per output, a full disk, damaged caches, moved data, real-world photos, zips."""
-import errno
 import os
 import shutil
 import signal

@@ -22,16 +22,14 @@ import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import WorkflowError
-from core.curves import save_curves
 from core.files import fingerprint
-from core.metrics import scores, val_keys
-from core.runs import RunState, write_history
+from core.runs import RunState
 from extract.backbone import FEATURE_LAYER
 
-from .. import calibrate, data, record, train
+from .. import data, record, train
 from ..head import head_config
-from ..stage import PATIENCE
-from . import outputs as sweep_report
+from ..stage import PATIENCE, head_metrics
+from . import outputs
 from .study import Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity
 
 # The search space, written once: (name, kind, values). "log": log-uniform in [lo, hi]; "float": uniform.
@@ -138,20 +136,10 @@ def run_trial(trial, ctx: dict) -> float:
         shutil.rmtree(trial_dir, ignore_errors=True)
         raise optuna.TrialPruned(f"diverged: {e}") from None
     history = run.rows()
-    prob = head.predict(feeds.val(raw=True), verbose=0)
-    y = cache.labels[feeds.val_order]
-    m = val_keys(scores(y, prob))
-    cal = calibrate.fit_temperature(y, prob)
-    seconds = time.perf_counter() - t0
-    best = int(np.argmin([r["val_loss"] for r in history]))
-    head_m = {**m, "n_train": len(ctx["tr"]), "n_val": len(ctx["va"]), "epochs": len(history), "best_epoch": best + 1,
-              "seconds": round(seconds, 3), "seconds_per_epoch": round(sum(r["seconds"] for r in history) /
-                                                                        len(history), 4),
-              "data": feeds.source, "kind": hc["kind"], "parameters": head.count_params(), "calibration": cal,
-              "temperature": cal["temperature"], "pruned_at_epoch": pruning.pruned_at}
-    for k in sweep_report.METRICS:
+    head_m = {**head_metrics(head, feeds, history, hc["kind"]), "pruned_at_epoch": pruning.pruned_at,
+              "seconds": round(time.perf_counter() - t0, 3)}  # the trial's wall time, data and tracing included
+    for k in (*outputs.METRICS, "temperature"):
         trial.set_user_attr(k, head_m[k])
-    trial.set_user_attr("temperature", cal["temperature"])
     config = {"features": os.path.abspath(cache.path), "layer": ctx["layer"], "head": hc,
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
@@ -161,22 +149,21 @@ def run_trial(trial, ctx: dict) -> float:
               "cache_config": cache.config, "trial": trial.number,
               "sweep": {"study": ctx["study"], "trial": trial.number, "params": p,
                         "sweep_dir": os.path.abspath(ctx["sweep_dir"])}}
-    metrics = record.write_metrics(trial_dir, head_m, None, cache, ctx["layer"], config)  # the HEAD_DIR contract
     run.clear()
-    if pruning.pruned_at is not None:
+    if pruning.pruned_at is not None:  # recorded, without the head: nothing will load it
+        record.write_metrics(trial_dir, head_m, None, cache, ctx["layer"], config)
         raise optuna.TrialPruned(f"val loss above the median at epoch {pruning.pruned_at}")
-    record.save_head(trial_dir, head)
-    write_history(os.path.join(trial_dir, record.HISTORY_FILE), history)
-    save_curves(os.path.join(trial_dir, record.CURVES_FILE), history,
-                f"trial {trial.number}: {hc['kind']}, units {hc['units']}, LR={p['lr']:.2g}, BATCH={p['batch']}")
-    with sweep_report.locked(ctx["sweep_dir"]):
-        if sweep_report.promote(ctx["sweep_dir"], trial_dir, metrics):
+    record.save_outputs(trial_dir, head, history, f"trial {trial.number}: {hc['kind']}, units {hc['units']}, "
+                                                  f"LR={p['lr']:.2g}, BATCH={p['batch']}")
+    metrics = record.write_metrics(trial_dir, head_m, None, cache, ctx["layer"], config)  # last: the HEAD_DIR contract
+    with outputs.locked(ctx["sweep_dir"]):
+        if outputs.promote(ctx["sweep_dir"], trial_dir, metrics):
             from tqdm import tqdm
 
-            tqdm.write(f"trial {trial.number}: new best, val log loss {m['val_log_loss']:.4f} -> "
-                       f"{os.path.join(ctx['sweep_dir'], sweep_report.BEST)}")
+            tqdm.write(f"trial {trial.number}: new best, val log loss {head_m['val_log_loss']:.4f} -> "
+                       f"{os.path.join(ctx['sweep_dir'], outputs.BEST)}")
     os.remove(os.path.join(trial_dir, record.HEAD_FILE))  # best/ has its copy; 40 heads of 38.5M weights would not fit
-    return m["val_log_loss"]
+    return head_m["val_log_loss"]
 
 
 def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int = 20, seed: int = 42,
@@ -199,7 +186,7 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
         _, _, scale = data.pool_and_scale(cache, layer, np.concatenate([tr, va]), tr)
         name = study_name(cache, layer, epochs, seed)
         # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
-        with sweep_report.locked(sweep_dir):
+        with outputs.locked(sweep_dir):
             study = optuna.create_study(study_name=name, storage=make_storage(url), direction="minimize",
                                         load_if_exists=True, sampler=make_sampler(seed, 0),
                                         pruner=optuna.pruners.MedianPruner(**PRUNER))
@@ -230,10 +217,10 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
                 ran += 1
                 if any(t.user_attrs.get("surplus") for t in last):
                     break
-                with sweep_report.locked(sweep_dir):
-                    sweep_report.write_outputs(sweep_dir, study, PARAMS, seed)
-        with sweep_report.locked(sweep_dir):
-            sweep_report.write_outputs(sweep_dir, study, PARAMS, seed)
+                with outputs.locked(sweep_dir):
+                    outputs.write_outputs(sweep_dir, study, PARAMS, seed)
+        with outputs.locked(sweep_dir):
+            outputs.write_outputs(sweep_dir, study, PARAMS, seed)
         c = counts(study)
         c.update({"ran_here": ran, "study": name, "storage": url})
         return c
