@@ -1,0 +1,85 @@
+"""The network's compute precision: PRECISION=auto|float32|bfloat16, and the CPU facts that `auto` decides on.
+
+Reads /proc/cpuinfo (the CPU's flags). Writes nothing.
+Example: python -c "from core.precision import resolve; print(resolve('auto'))"   # float32 on a CPU without bf16
+
+bfloat16 means Keras' mixed_bfloat16 policy: the layers compute in bf16 while their variables, and every feature
+the cache stores, stay float32. It pays only where the CPU multiplies bf16 natively (`avx512_bf16`: AMD Zen 4+,
+Intel Cooper Lake; `amx_bf16`: Intel Sapphire Rapids+): there oneDNN runs bf16 convolutions and GEMMs at up to
+twice the float32 rate. Elsewhere bf16 is converted to float32 around every kernel: no faster, only less exact.
+On a GPU, `auto` keeps float32 here and leaves speed to the GPU's own mixed precision (MIXED_PRECISION), as before.
+"""
+from contextlib import contextmanager
+
+from .errors import WorkflowError
+
+CHOICES = ("auto", "float32", "bfloat16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # Keras dtype policy of each resolved precision
+
+
+def cpu_flags(path="/proc/cpuinfo") -> set:
+    """The flags of the first CPU listed in `path` (empty where there is no such file, e.g. macOS)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags=None) -> bool:
+    """The CPU multiplies bfloat16 natively (`flags`: a set of /proc/cpuinfo flags; None reads this machine's)."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def check(requested: str, what="PRECISION") -> str:
+    """`requested` if it is one of CHOICES; else a WorkflowError naming them."""
+    if requested not in CHOICES:
+        raise WorkflowError(f"{what}={requested}: choose one of {', '.join(CHOICES)} (auto: bfloat16 where the CPU "
+                            f"has {' or '.join(NATIVE_BF16_FLAGS)}, else float32)")
+    return requested
+
+
+def resolve(requested: str, flags=None, gpu=None) -> str:
+    """'float32' or 'bfloat16' for PRECISION=`requested` on a CPU with `flags` (None: this machine's), with or
+    without a GPU (None: ask TensorFlow)."""
+    if check(requested) != "auto":
+        return requested
+    if gpu is None:
+        gpu = has_gpu()
+    return "bfloat16" if not gpu and native_bf16(flags) else "float32"
+
+
+def describe(requested: str, resolved: str, flags=None) -> str:
+    """One line for the log: what PRECISION became and why."""
+    native = native_bf16(flags)
+    why = (f"this CPU has {'/'.join(f for f in NATIVE_BF16_FLAGS if f in (cpu_flags() if flags is None else flags))}"
+           if native else f"this CPU has no {' or '.join(NATIVE_BF16_FLAGS)}")
+    line = f"precision: PRECISION={requested} -> {resolved} ({why})"
+    if resolved == "bfloat16" and not native:
+        line += "; bf16 is emulated here: expect no speed-up, only bf16's rounding"
+    return line
+
+
+@contextmanager
+def building(precision: str):
+    """Layers created inside compute in `precision` ('float32' | 'bfloat16'; a Keras policy name passes through)."""
+    import keras
+
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(POLICY.get(precision, precision))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
