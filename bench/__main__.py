@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--sweep-epochs", type=int, default=20, help="EPOCHS of each sweep trial")
     p.add_argument("--report-rows", type=int, default=25_000,
                    help="synthetic pooled rows for the report's row-dependent parts (report_s at scale)")
+    p.add_argument("--peak-seconds", type=float, default=2.0,
+                   help="seconds of repeats per GEMM size and dtype when measuring the machine's peaks")
     p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
     p.add_argument("--out", default="artifacts/bench.json")
     return Options(**vars(p.parse_args(argv)))

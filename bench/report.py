@@ -5,7 +5,9 @@ Example: python -m bench --n 600
 """
 TARGETS = {"extract_vs_forward": (">=", 0.85), "head_epoch_speedup": (">=", 10.0),
            "first_head_speedup": (">", 1.0), "head_rss_growth": ("<=", 1.10),
-           "cached_finetune_speedup": (">=", 5.0)}
+           "cached_finetune_speedup": (">=", 5.0), "extraction_roofline_fraction": (">=", 0.6),
+           "head_epoch_roofline_fraction": (">=", 0.5), "cached_finetune_roofline_fraction": (">=", 0.5),
+           "bf16_extraction_speedup": (">=", 1.3)}
 
 
 def check(key, value):
@@ -74,6 +76,39 @@ def markdown(res) -> str:
     lines.append(f"| `checksum_read_cost` | {c['checksum_read_cost']:.2f} (read {c['plain_read_mb_s']:.0f} vs "
                  f"{c['checksummed_read_mb_s']:.0f} MB/s; write cost {c.get('checksum_write_cost', float('nan')):.2f}) "
                  f"| reported | |")
+    lines += limits_rows(res)
     spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
     lines.append(f"| wall seconds per part | {spent} | | |")
     return "\n".join(lines) + "\n"
+
+
+def limits_rows(res) -> list:
+    """bench.md's rows for the machine's peaks, each stage's roofline (with its bottleneck) and bfloat16."""
+    p, r, b = res["machine_peaks"], res["roofline"], res["bf16"]
+    rows = [f"| machine peaks | GEMM {p['gemm_gflops_float32']:.0f} GFLOP/s float32, {p['gemm_gflops_bfloat16']:.0f} "
+            f"bfloat16; memory {p['memory_gb_s']:.1f} GB/s (copy); native bf16: {'yes' if p['native_bf16'] else 'no'} "
+            f"| measured | |"]
+    for stage in ("extraction", "head_epoch", "cached_finetune", "end_to_end_finetune"):
+        s = r[stage]
+        if stage == "extraction":
+            what = f"{s['measured_img_s']:.1f} images/s vs {s['roofline_img_s']:.1f} at peak"
+        else:
+            what = (f"{s['measured_s']:.2f} s vs {s['roofline']['roofline_s']:.2f} s at peak (compute "
+                    f"{s['roofline']['compute_s']:.2f} s, weight traffic {s['roofline']['weight_traffic_s']:.2f} s, "
+                    f"Adam {s['roofline']['optimizer_s']:.2f} s: {s['work']['optimizer_bytes_per_step'] / 1e9:.2f} GB "
+                    f"per step)")
+        if "bottleneck" in s:
+            what += f"; most time lost: {s['bottleneck']}"
+        rows.append(f"| `{stage}_roofline_fraction` | {s['fraction']:.2f}: {what} | reported | |")
+    sp = b["speedup_over_float32"]
+    c = b["cache"]
+    rows.append(f"| bfloat16 over float32 (auto picks {b['auto_picks']}; native bf16 "
+                f"{'yes' if b['native_bf16'] else 'no: emulated'}) | extraction {sp['extraction']:.2f}x, forward "
+                f"{sp['forward']:.2f}x, cached fine-tuning {sp['cached_finetune_epoch']:.2f}x, end to end "
+                f"{sp['end_to_end_finetune_epoch']:.2f}x | reported | |")
+    rows.append(f"| bfloat16 cache | feature error max abs {c['feature_max_abs_err']:.2e} "
+                f"({c['feature_max_abs_err_over_max']:.1e} of the largest), relative RMS {c['feature_rel_rms_err']:.1e}; "
+                f"head val acc {c['head_float32']['val_accuracy']:.4f} vs {c['head_bfloat16']['val_accuracy']:.4f}, "
+                f"log loss {c['head_float32']['val_log_loss']:.4f} vs {c['head_bfloat16']['val_log_loss']:.4f} "
+                f"(float32 vs bfloat16) | reported | |")
+    return rows

@@ -12,45 +12,59 @@ from cache import SPLIT_TRAIN, SPLIT_VAL, CacheWriter, open_cache
 from classify.stage import DEFAULT_BATCH as HEAD_BATCH
 from core import WorkflowError
 from core.pipeline import fixed_pipeline
+from core.precision import building
 from extract import backbone
 from extract.features import Settings, extract_features, make_forward, run_extraction
 from extract.pipeline import image_batches
 
-from .profile import gflops_per_example
+from .profile import gflops_per_example, step_gflops
 from .timing import EpochTimer, median, run_head_cli
 
 
-def bench_extraction(a, imgs, work):
-    """Pipeline images/s (decode, resize, forward, HDF5 write) vs bare forward images/s on in-memory tensors."""
-    model = backbone.build_backbone(a.img_size, ["mixed7"], "none")
-    forward = make_forward(model)
+def bench_extraction(a, imgs, work, precisions=("float32", "bfloat16")) -> dict:
+    """Per precision: pipeline images/s (decode, resize, forward, HDF5 write) vs bare forward images/s on in-memory
+    tensors, and the forward pass's GFLOPs per image. The float32 figures keep their keys; the others go under
+    their precision's name. Precisions alternate within each repeat, so a busy moment hits both alike."""
     x = np.random.default_rng(0).integers(0, 256, (a.batch, a.img_size, a.img_size, 3), dtype=np.uint8)
-    forward(x)  # warm-up: tracing is excluded from both figures
+    forwards, gflops = {}, {}
+    for p in precisions:
+        with building(p):
+            model = backbone.build_backbone(a.img_size, ["mixed7"], "none")
+        forwards[p] = make_forward(model)
+        forwards[p](x)  # warm-up: tracing is excluded from every figure
+        gflops[p] = step_gflops(model, (a.img_size, a.img_size, 3), train=False)
+    shape = {"mixed7": tuple(model.output.shape[1:])}
     n = len(imgs.paths)
-    bare, piped, seconds = [], [], []
+    runs = {p: {"bare": [], "piped": [], "seconds": []} for p in precisions}
     for r in range(a.repeats):
-        t0 = time.perf_counter()
-        for _ in range(0, n, a.batch):
-            forward(x)[0].numpy()
-        bare.append(n / (time.perf_counter() - t0))
-        path = os.path.join(work, f"extract-{r}.h5")
-        writer = CacheWriter(path, {"layer": "mixed7", "repeat": r}, imgs.paths, imgs.labels,
-                             np.zeros(n, np.int8), {"mixed7": tuple(model.output.shape[1:])})
-        writer.start()
-        done, skipped, dt = run_extraction(forward, ["mixed7"], imgs, writer, 0, a.img_size, a.batch)
-        writer.finalize()
-        os.remove(path)
-        piped.append((done + skipped) / dt)
-        seconds.append(dt)
-    return {"forward_img_s": median(bare), "extract_img_s": median(piped), "extract_s": median(seconds),
-            "extract_vs_forward": median(piped) / median(bare),
-            "forward_img_s_runs": bare, "extract_img_s_runs": piped}
+        for p in precisions:
+            forward, run = forwards[p], runs[p]
+            t0 = time.perf_counter()
+            for _ in range(0, n, a.batch):
+                forward(x)[0].numpy()
+            run["bare"].append(n / (time.perf_counter() - t0))
+            path = os.path.join(work, f"extract-{p}-{r}.h5")
+            writer = CacheWriter(path, {"layer": "mixed7", "repeat": r, "precision": p}, imgs.paths, imgs.labels,
+                                 np.zeros(n, np.int8), shape)
+            writer.start()
+            done, skipped, dt = run_extraction(forward, ["mixed7"], imgs, writer, 0, a.img_size, a.batch)
+            writer.finalize()
+            os.remove(path)
+            run["piped"].append((done + skipped) / dt)
+            run["seconds"].append(dt)
+    per = {}
+    for p in precisions:
+        run = runs[p]
+        per[p] = {"forward_img_s": median(run["bare"]), "extract_img_s": median(run["piped"]),
+                  "extract_s": median(run["seconds"]), "extract_vs_forward": median(run["piped"]) / median(run["bare"]),
+                  "forward_img_s_runs": run["bare"], "extract_img_s_runs": run["piped"], "gflops_per_image": gflops[p]}
+    return {**per["float32"], "by_precision": {p: per[p] for p in precisions if p != "float32"}}
 
 
-def build_cache(a, data, path, dtype="float32"):
+def build_cache(a, data, path, dtype="float32", precision="float32"):
     """`make features` of the bench's images (WEIGHTS=none) into `path`."""
     assert extract_features(Settings(data=data, features=path, img_size=a.img_size, weights="none", batch=a.batch,
-                                     dtype=dtype)) == 0
+                                     dtype=dtype, precision=precision)) == 0
     return path
 
 
@@ -94,24 +108,31 @@ def bench_head_breakdown(a, cache_path) -> dict:
     """Where a head epoch's time goes: the same head and BATCH on in-memory features, with Adam (as `make head`) and
     with plain SGD, which keeps no state: the difference is the cost of Adam's update of the 38.5M weights (memory
     traffic), and the SGD epoch is about what the forward and backward GEMMs alone take. XLA on both."""
-    import keras
-    import tensorflow as tf
-
     from classify.head import build_head
 
-    batch = HEAD_BATCH
     with open_cache(cache_path) as c:
         sets = [(c.read(c.rows(s)), c.labels[c.rows(s)].astype(np.float32)[:, None]) for s in (SPLIT_TRAIN, SPLIT_VAL)]
         shape = c.feature_shape()
     scale = float(np.sqrt(np.mean(np.square(sets[0][0]))))  # unit RMS, as stage 2 feeds the head
-    tr, va = (fixed_pipeline(tf.data.Dataset.from_tensor_slices((x / scale, y)).batch(batch)) for x, y in sets)
+    seconds = optimizer_epochs(lambda: build_head(shape), [(x / scale, y) for x, y in sets], HEAD_BATCH,
+                               1 + a.repeats)
+    return {f"head_epoch_s_in_memory_{name}": s for name, s in seconds.items()}
+
+
+def optimizer_epochs(build, sets, batch: int, epochs: int, lr=1e-4) -> dict:
+    """{"adam": s, "sgd": s}: median epoch (train + val, after a warm-up epoch) of `build()` on in-memory
+    `sets` [(x, y) train, (x, y) val] with each optimizer, XLA on: the difference is the optimizer's update alone."""
+    import keras
+    import tensorflow as tf
+
+    tr, va = (fixed_pipeline(tf.data.Dataset.from_tensor_slices(xy).batch(batch)) for xy in sets)
     out = {}
     for name, opt in (("adam", keras.optimizers.Adam), ("sgd", keras.optimizers.SGD)):
-        model = build_head(shape)
-        model.compile(optimizer=opt(1e-4), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=True)
+        model = build()
+        model.compile(optimizer=opt(lr), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=True)
         timer = EpochTimer()
-        model.fit(tr, validation_data=va, epochs=1 + a.repeats, callbacks=[timer], verbose=0)
-        out[f"head_epoch_s_in_memory_{name}"] = median(timer.seconds[1:])
+        model.fit(tr, validation_data=va, epochs=epochs, callbacks=[timer], verbose=0)
+        out[name] = median(timer.seconds[1:])
     return out
 
 
@@ -187,3 +208,24 @@ def bench_baseline_at_scale(rows: int = 20_000, channels: int = 768, seed: int =
     x = (rng.normal(0, 1, (rows, channels)) + np.outer(y, shift)).astype(np.float32)
     model, seconds = baseline.fit(x, y, seed)
     return {"rows": rows, "channels": channels, "seconds": seconds, "C": baseline.chosen_c(model)}
+
+
+def bench_bf16_cache(a, data, cache32, work, metrics32, *head_args) -> dict:
+    """The same images cached with PRECISION=bfloat16 against the float32 cache: feature error, and the head's and
+    the baseline's val metrics trained on each (same seed, same epochs)."""
+    cache16 = build_cache(a, data, os.path.join(work, "features-bf16.h5"), precision="bfloat16")
+    with open_cache(cache32) as c32, open_cache(cache16) as c16:
+        rows = np.arange(len(c32))
+        f32, f16 = c32.read(rows), c16.read(rows)
+        recorded = c16.precision
+    err = np.abs(f16 - f32)
+    res = {"cache_precision": recorded, "feature_max_abs_err": float(err.max()),
+           "feature_max_abs_err_over_max": float(err.max() / max(np.abs(f32).max(), 1e-30)),
+           "feature_rel_rms_err": float(np.sqrt(np.mean(np.square(f16 - f32)) / max(np.mean(np.square(f32)), 1e-30))),
+           "note": "WEIGHTS=none: a random-weight InceptionV3; the error is bf16's rounding through 7 blocks"}
+    m16, _ = run_head_cli(cache16, os.path.join(work, "head-bf16"), *head_args)
+    for name, m in (("float32", metrics32), ("bfloat16", m16)):
+        for part in ("head", "baseline"):
+            res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
+    os.remove(cache16)
+    return res

@@ -5,8 +5,10 @@ Example: python -m bench --n 600
 
 Every figure is the median of repeated timings with the warm-up (graph tracing) excluded. WEIGHTS=none:
 throughput does not depend on the weights' values. Ratios compare runs on the same machine in the same process.
-Beside each speedup it reports the ratio's FLOP ceiling (TensorFlow's profiler on each path's traced step),
-and where a head epoch's time goes (Adam vs stateless SGD), so a missed target comes with its reason.
+Beside each speedup it reports the ratio's FLOP ceiling (TensorFlow's profiler on each path's traced step).
+Against the machine itself (bench/limits.py): its GEMM peaks and memory bandwidth, measured first in the same run
+(bench/peaks.py), give each stage a roofline and the fraction of it achieved; a missed target names the part of the
+step that loses the time. Every precision-dependent stage also runs in bfloat16 (`bf16`).
 """
 import contextlib
 import importlib.util
@@ -16,14 +18,16 @@ import time
 from dataclasses import asdict, dataclass
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
+from cache.checks import checksum_cost
+from classify.head import build_head
+from classify.stage import DEFAULT_BATCH as HEAD_BATCH
 from core.files import write_json, write_text
 from core.lock import output_lock
 from extract import images
 from extract.synth import make_dataset
 
-from cache.checks import checksum_cost
-
-from . import finetuning as bft, iteration, stages
+from . import finetuning as bft, iteration, limits, stages
+from .peaks import machine_peaks
 from .profile import flop_ceiling
 from .report import check, markdown
 from .timing import machine, median, read_history_seconds, run_head_cli
@@ -47,8 +51,14 @@ class Options:
     sweep_trials: int = 20
     sweep_epochs: int = 20
     report_rows: int = 25_000
+    peak_seconds: float = 2.0
     work: str = "artifacts/bench_work"
     out: str = "artifacts/bench.json"
+
+
+def head_parameters(feature_shape) -> int:
+    """Weights of stage 2's default head on features of `feature_shape` (all of them trained)."""
+    return int(build_head(tuple(feature_shape)).count_params())
 
 
 def run_bench(a: Options) -> int:
@@ -75,7 +85,9 @@ def _run(a: Options) -> int:
         yield
         spent[name] = round(time.perf_counter() - t0, 1)
 
-    with section("extraction"):
+    with section("machine_peaks"):
+        res["machine_peaks"] = machine_peaks(a.peak_seconds)
+    with section("extraction"):  # float32 and bfloat16, alternating
         res["extraction"] = ext = stages.bench_extraction(a, imgs, work)
     with section("head"):
         cache32 = stages.build_cache(a, data, os.path.join(work, "features.h5"))
@@ -90,7 +102,8 @@ def _run(a: Options) -> int:
     with section("recipe"):
         recipe_epochs, gflops = stages.bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)
     with open_cache(cache32) as c:
-        n_train, n_val = len(c.rows(SPLIT_TRAIN)), len(c.rows(SPLIT_VAL))
+        n_train, n_val = res["n_train"], res["n_val"] = len(c.rows(SPLIT_TRAIN)), len(c.rows(SPLIT_VAL))
+        feature_shape = c.feature_shape()
     res["gflops_per_example"] = gflops
     res["head_epoch_flop_ceiling"] = flop_ceiling(gflops["recipe"], gflops["head"], n_train, n_val)
     res["head_epoch_s_runs"], res["recipe_epoch_s_runs"] = head_epochs, recipe_epochs
@@ -104,6 +117,8 @@ def _run(a: Options) -> int:
         res["baseline_at_scale"] = stages.bench_baseline_at_scale(a.baseline_rows)
     with section("float16"):
         res["float16_vs_float32"] = stages.bench_dtype(cache32, work, head_m, *head_epochs_arg)
+    with section("bf16_cache"):
+        bf16_cache = stages.bench_bf16_cache(a, data, cache32, work, head_m, *head_epochs_arg)
     with section("rss"), open_cache(cache32) as c:
         res["rss"] = stages.bench_rss(a, work, c.feature_shape())
     if a.skip_ray or importlib.util.find_spec("ray") is None:
@@ -127,7 +142,8 @@ def _run(a: Options) -> int:
     # Both fine-tuning paths with XLA, as the like-for-like head run: it fuses Adam's update of the head's weights.
     with section("cached_finetune"):
         res["cached_finetune"] = ft = bft.cached_finetune_speedup(os.path.join(work, "finetune"), a.ft_n, a.img_size,
-                                                              a.batch, repeats=a.repeats, xla=True)
+                                                              a.batch, repeats=a.repeats, xla=True,
+                                                              precisions=("float32", "bfloat16"))
     with section("head_kinds"):
         res["head_kinds"] = iteration.pooled_vs_flatten_epoch(cache32, work, epochs=1 + a.repeats)
         res["pooled_vs_flatten_epoch"] = res["head_kinds"]["pooled_vs_flatten_epoch"]
@@ -143,6 +159,10 @@ def _run(a: Options) -> int:
     with section("checksums"):
         res["checksums"] = checksum_cost(repeats=a.repeats, folder=work)
         res["checksum_read_cost"] = res["checksums"]["checksum_read_cost"]
+    res["roofline"] = limits.against_limits(res, head_parameters(feature_shape), HEAD_BATCH, feature_shape)
+    for stage in ("extraction", "head_epoch", "cached_finetune", "end_to_end_finetune"):
+        res[f"{stage}_roofline_fraction"] = res["roofline"][stage]["fraction"]
+    res["bf16"] = limits.bf16_section(res, bf16_cache)
     res["targets"] = {
         "extract_vs_forward": check("extract_vs_forward", ext["extract_vs_forward"]),
         "head_epoch_speedup": check("head_epoch_speedup", res["recipe_epoch_s"] / res["head_epoch_s"]),
@@ -150,7 +170,12 @@ def _run(a: Options) -> int:
                                     (ext["extract_s"] + 5 * res["head_epoch_s"])),
         "head_rss_growth": check("head_rss_growth", res["rss"]["head_rss_growth"]),
         "cached_finetune_speedup": check("cached_finetune_speedup", ft["cached_finetune_speedup"]),
+        **{f"{stage}_roofline_fraction": check(f"{stage}_roofline_fraction", res[f"{stage}_roofline_fraction"])
+           for stage in ("extraction", "head_epoch", "cached_finetune")},
     }
+    if res["bf16"]["native_bf16"]:  # the 1.3x is a promise of native bf16 only; emulated, bf16 cannot be faster
+        res["targets"]["bf16_extraction_speedup"] = check("bf16_extraction_speedup",
+                                                          res["bf16"]["speedup_over_float32"]["extraction"])
     write_json(a.out, res)
     md = markdown(res)
     write_text(os.path.splitext(a.out)[0] + ".md", md)

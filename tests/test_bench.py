@@ -12,11 +12,26 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
                    "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--sweep-trials", 2,
-                   "--sweep-epochs", 2, "--report-rows", 2000, "--work", tmp_path / "work", "--out", out)
+                   "--sweep-epochs", 2, "--report-rows", 2000, "--peak-seconds", 0.2, "--work", tmp_path / "work", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["targets"]) == {"extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth",
-                                   "cached_finetune_speedup"}
+    fractions = {"extraction_roofline_fraction", "head_epoch_roofline_fraction", "cached_finetune_roofline_fraction"}
+    assert set(res["targets"]) - {"bf16_extraction_speedup"} == {
+        "extract_vs_forward", "head_epoch_speedup", "first_head_speedup", "head_rss_growth", "cached_finetune_speedup",
+        *fractions}
+    assert ("bf16_extraction_speedup" in res["targets"]) == res["bf16"]["native_bf16"]  # a promise of native bf16 only
+    peaks = res["machine_peaks"]
+    assert min(peaks["gemm_gflops_float32"], peaks["gemm_gflops_bfloat16"], peaks["memory_gb_s"]) > 0
+    for stage in ("extraction", "head_epoch", "cached_finetune", "end_to_end_finetune"):
+        assert 0 < res[f"{stage}_roofline_fraction"] == res["roofline"][stage]["fraction"], stage
+    for stage in ("extraction", "head_epoch", "cached_finetune"):  # a missed target must say where the time goes
+        assert res["roofline"][stage]["bottleneck"] and len(res["roofline"][stage]["parts"]) >= 2, stage
+    assert res["roofline"]["head_epoch"]["work"]["optimizer_bytes_per_step"] == 28 * res["roofline"]["head_epoch"][
+        "work"]["trained_weights"]
+    b = res["bf16"]
+    assert b["cache"]["cache_precision"] == "bfloat16" and b["cache"]["feature_max_abs_err"] > 0
+    assert min(v for v in b["speedup_over_float32"].values() if not isinstance(v, str)) > 0
+    assert 0 <= b["cache"]["head_bfloat16"]["val_accuracy"] <= 1 and b["auto_picks"] in ("float32", "bfloat16")
     for t in res["targets"].values():
         assert t["value"] > 0 and isinstance(t["met"], bool)
     assert res["rss"]["head_peak_rss_mib_4x"] > 0 and res["rss"]["cache_mib_4x"] > 3 * res["rss"]["cache_mib_1x"]
@@ -40,7 +55,8 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert res["checksums"]["plain_read_mb_s"] > 0 and res["checksums"]["checksummed_read_mb_s"] > 0
     assert {"head_kinds", "sweep", "tta", "report", "checksums"} <= set(res["section_s"])
     md = (tmp_path / "bench.md").read_text()
-    for key in ("head_epoch_speedup", "pooled_vs_flatten_epoch", "sweep_2_s", "report_s", "checksum_read_cost"):
+    for key in ("head_epoch_speedup", "pooled_vs_flatten_epoch", "sweep_2_s", "report_s", "checksum_read_cost",
+                *fractions):
         assert f"| `{key}` |" in md, key
     assert not (tmp_path / "work").exists()  # scratch removed
 
@@ -57,3 +73,27 @@ def test_step_gflops_counts_only_what_a_train_step_runs():
                               keras.layers.Dense(2, use_bias=False, activation="sigmoid")])
     assert step_gflops(model, (4,), train=False) * 1e9 == 96
     assert step_gflops(model, (4,), train=True) * 1e9 == 128
+
+
+def test_roofline_of_a_training_epoch_adds_the_update_to_the_slower_of_compute_and_traffic():
+    from bench import roofline as rl
+
+    # 100 train + 20 val images at batch 50: 2 train steps, 1 val step; 1e6 weights; 10 GFLOP/s, 1 GB/s
+    r = rl.training_epoch({"train": 0.3, "val": 0.1}, 100, 20, 50, 10 ** 6, 10.0, 1.0)
+    assert r["steps"] == 2 and r["val_steps"] == 1
+    assert r["compute_s"] == pytest.approx((100 * 0.3 + 20 * 0.1) / 10)  # 3.2 s
+    assert r["weight_traffic_s"] == pytest.approx((2 * 8 + 4) * 1e6 / 1e9)
+    assert r["optimizer_s"] == pytest.approx(2 * 28 * 1e6 / 1e9)
+    assert r["roofline_s"] == pytest.approx(3.2 + 0.056)
+    slow_memory = rl.training_epoch({"train": 1e-6, "val": 1e-6}, 100, 20, 50, 10 ** 9, 1e4, 1.0)
+    assert slow_memory["forward_backward_s"] == slow_memory["weight_traffic_s"] > slow_memory["compute_s"]
+    parts = {"gemm": rl.part(2.0, 1.8), "feed": rl.part(1.0, 0.0), "adam": rl.part(0.5, 0.45)}
+    assert rl.bottleneck(parts).startswith("feed takes 1.00 s")  # loses 1.0 s; gemm loses 0.2
+
+
+def test_machine_peaks_are_measured_and_positive():
+    from bench.peaks import copy_gb_s, gemm_gflops
+
+    assert gemm_gflops("float32", 256, 0.05) > 0 and gemm_gflops("bfloat16", 256, 0.05) > 0
+    copies = copy_gb_s(mib=16, repeats=2)
+    assert copies["copy_gb_s_1_threads"] > 0 and all(v > 0 for v in copies.values())
