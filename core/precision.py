@@ -139,3 +139,14 @@ def _all_layers(model, skip=()):
         yield layer
         if hasattr(layer, "layers"):
             yield from _all_layers(layer, skip)
+
+
+def feature_error(got, ref) -> dict:
+    """How far features `got` (e.g. computed in bf16) are from `ref` (float32, same images): max abs, max abs relative
+    to ref's largest magnitude, RMS relative."""
+    import numpy as np
+
+    ref = np.asarray(ref, np.float64)
+    d = np.abs(np.asarray(got, np.float64) - ref)
+    return {"max_abs": float(d.max()), "max_rel": float(d.max() / max(np.abs(ref).max(), 1e-30)),
+            "rms_rel": float(np.sqrt((d ** 2).mean() / max((ref ** 2).mean(), 1e-30)))}

@@ -104,6 +104,8 @@ def cache_state_for(path, data, **settings):
 
 @pytest.mark.slow
 def test_a_bf16_cache_records_its_precision_and_is_stale_for_float32(bf16_cache, cache_path, train_dir):
+    from core.precision import native_bf16
+
     with open_cache(bf16_cache) as c:
         assert c.precision == "bfloat16" and json.loads(c.f.attrs["config"])["precision"] == "bfloat16"
         assert c.provenance["precision_requested"] == "bfloat16" and c.provenance["cpu_native_bf16"] in (True, False)
@@ -115,26 +117,22 @@ def test_a_bf16_cache_records_its_precision_and_is_stale_for_float32(bf16_cache,
     assert cache_state_for(bf16_cache, train_dir, precision="float32", **views) == "stale"
     assert cache_state_for(cache_path, train_dir, precision="float32") == "up-to-date"
     assert cache_state_for(cache_path, train_dir, precision="bfloat16") == "stale"
-    if not {"avx512_bf16", "amx_bf16"} & __import__("core.precision").precision.cpu_flags():
+    if not native_bf16():
         assert cache_state_for(cache_path, train_dir, precision="auto") == "up-to-date"  # auto = float32 here
-
-
-def feature_error(a, b) -> tuple:
-    """(max |a - b|, max |a - b| / max |b|, RMS(a - b) / RMS(b)) of two feature arrays."""
-    d = np.abs(a.astype(np.float64) - b)
-    return float(d.max()), float(d.max() / np.abs(b).max()), float(np.sqrt((d ** 2).mean() / (b.astype(np.float64) ** 2).mean()))
 
 
 @pytest.mark.slow
 def test_bf16_features_are_float32_features_to_bf16_accuracy(bf16_cache, cache_path):
+    from core.precision import feature_error
+
     with open_cache(bf16_cache) as bf, open_cache(cache_path) as f32:
         assert bf.paths == f32.paths and np.array_equal(bf.split, f32.split)
         rows = np.arange(len(bf))
         a, b = bf.read(rows, "mixed7"), f32.read(rows, "mixed7")
-    max_abs, max_rel, rms_rel = feature_error(a, b)
-    print(f"bf16 vs float32 mixed7 features: max abs {max_abs:.3g}, max rel {max_rel:.3g}, RMS rel {rms_rel:.3g}")
-    assert max_abs > 0  # computed in bf16 indeed: a float32 run gives the same bits
-    assert 1e-4 < rms_rel < 3e-2 and max_rel < 3e-2  # bf16's 8-bit mantissa: ~1e-2, not a different network
+    e = feature_error(a, b)
+    print(f"bf16 vs float32 mixed7 features: {e}")
+    assert e["max_abs"] > 0  # computed in bf16 indeed: a float32 run gives the same bits
+    assert 1e-4 < e["rms_rel"] < 3e-2 and e["max_rel"] < 3e-2  # bf16's 8-bit mantissa: ~1e-2, not another network
 
 
 # -- stage 3 on a bf16 cache -------------------------------------------------------------------------------------
@@ -171,6 +169,7 @@ def check_bf16_model(model_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("from_cache", [True, False], ids=["cached", "end-to-end"])
 def test_stage3_on_a_bf16_cache_exports_a_bf16_model(bf16_cache, bf16_head, train_dir, tmp_path, capsys, from_cache):
+    from finetune.record import read_meta
     from finetune.run import finetune
 
     s = finetune_settings(train_dir, bf16_cache, bf16_head, tmp_path / "ft", from_cache=from_cache,
@@ -191,8 +190,7 @@ def test_stage3_on_a_bf16_cache_exports_a_bf16_model(bf16_cache, bf16_head, trai
     assert m32["config"]["run_fingerprint"] != fp and m32["config"]["precision"] == "float32"
     assert m32["config"]["cache_precision"] == "bfloat16" and m32["equivalence"]["max_abs_diff"] <= 1e-3
     assert m32["export_check"]["max_abs_diff"] <= 1e-3  # checked in the cache's precision
-    assert json.loads(__import__("zipfile").ZipFile(tmp_path / "ft32" / "model.keras").read("workflow.json"))[
-        "precision"] == "float32"
+    assert read_meta(str(tmp_path / "ft32" / "model.keras"))["precision"] == "float32"
 
 
 @pytest.mark.slow
