@@ -32,6 +32,8 @@ VERIFY ?= size
 AUG_VIEWS ?= 0
 ENGINE ?= local
 SHARDS ?= 2
+# auto | float32 | bfloat16 compute for features, finetune (empty = auto), predict, submission (empty = the model's)
+PRECISION ?=
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
 BATCH ?=
 EPOCHS ?=
@@ -82,6 +84,7 @@ help:
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
 	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
+	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
 	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N)"
@@ -126,7 +129,7 @@ demo: $(STAMP)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
-	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
+	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
@@ -144,18 +147,19 @@ sweep: $(STAMP)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
-	  --from-cache $(FROM_CACHE) \
+	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)
 	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS) --calibrate $(CALIBRATE) --tta $(TTA) \
-	  $(call opt,--batch,$(BATCH))
+	  $(call opt,--batch,$(BATCH)) $(call opt,--precision,$(PRECISION))
 
 ## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST (CALIBRATE, TTA, CLIP)
 submission: $(STAMP)
 	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION) --calibrate $(CALIBRATE) \
-	  --tta $(TTA) --clip $(CLIP) $(call opt,--batch,$(BATCH))
+	  --tta $(TTA) --clip $(CLIP) $(call opt,--batch,$(BATCH)) \
+	  $(call opt,--precision,$(PRECISION))
 
 ## report: REPORT_DIR/report.html (scores, top losses, suspected label errors, near-duplicates) + CSVs; MODEL_DIR if it has model.keras
 report: $(STAMP)

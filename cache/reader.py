@@ -51,6 +51,11 @@ class FeatureCache:
     def __len__(self):
         return len(self.labels)
 
+    @property
+    def precision(self) -> str:
+        """The backbone's compute precision when the features were extracted (PRECISION; caches without it: float32)."""
+        return self.config.get("precision", "float32")
+
     def __enter__(self):
         return self
 

@@ -3,6 +3,8 @@
 Reads /proc/cpuinfo (the CPU's flags). Writes nothing.
 Example: python -c "from core.precision import resolve; print(resolve('auto'))"   # float32 on a CPU without bf16
 
+`convert` rebuilds a Keras model in another precision (e.g. a bfloat16 model.keras predicting in float32).
+
 bfloat16 means Keras' mixed_bfloat16 policy: the layers compute in bf16 while their variables, and every feature
 the cache stores, stay float32. It pays only where the CPU multiplies bf16 natively (`avx512_bf16`: AMD Zen 4+,
 Intel Cooper Lake; `amx_bf16`: Intel Sapphire Rapids+): there oneDNN runs bf16 convolutions and GEMMs at up to
@@ -83,3 +85,68 @@ def building(precision: str):
     finally:
         keras.mixed_precision.set_global_policy(before)
 
+
+
+def record(requested: str) -> dict:
+    """What an artifact keeps about how its precision was chosen (provenance, not identity)."""
+    return {"precision_requested": requested, "cpu_native_bf16": native_bf16()}
+
+
+def _repolicy(node, policy: str, keep):
+    """`node` (a serialized Keras object) with every dtype policy set to `policy`, except inside models in `keep`."""
+    if isinstance(node, list):
+        return [_repolicy(v, policy, keep) for v in node]
+    if not isinstance(node, dict):
+        return node
+    cls = str(node.get("class_name", ""))
+    if cls.endswith("DTypePolicy") and "Quantized" not in cls:
+        return {**node, "config": {**node.get("config", {}), "name": policy}}
+    if node.get("name") in keep and isinstance(node.get("config"), dict) and "layers" in node["config"]:
+        return node  # a nested model that keeps its own precision (e.g. the float32 head)
+    return {k: _repolicy(v, policy, keep) for k, v in node.items()}
+
+
+def convert(model, precision: str, keep=()):
+    """A copy of `model` computing in `precision` ('float32' | 'bfloat16' | a Keras policy name): rebuilt from its
+    config with every layer's dtype policy replaced, nested models too (except those named in `keep`), then given
+    `model`'s weights. Variables are float32 in every such policy, so the weights copy exactly."""
+    import keras
+
+    policy = POLICY.get(precision, precision)
+    new = keras.saving.deserialize_keras_object(_repolicy(keras.saving.serialize_keras_object(model), policy,
+                                                          set(keep)))
+    for layer in _all_layers(new, skip=set(keep)):  # a nested model's config holds no policy of its own
+        if hasattr(layer, "layers"):
+            layer.dtype_policy = policy
+    new.set_weights(model.get_weights())
+    return new
+
+
+def policy_of(model) -> str:
+    """The compute precision most of `model`'s layers run in: 'float32', 'bfloat16' or a Keras policy name."""
+    from collections import Counter
+
+    names = Counter(l.dtype_policy.name for l in _all_layers(model) if l.weights)
+    name = names.most_common(1)[0][0] if names else "float32"
+    return {v: k for k, v in POLICY.items()}.get(name, name)
+
+
+def _all_layers(model, skip=()):
+    """Every layer of `model`, nested models' layers included, except models named in `skip` and their layers."""
+    for layer in model.layers:
+        if layer.name in skip:
+            continue
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer, skip)
+
+
+def feature_error(got, ref) -> dict:
+    """How far features `got` (e.g. computed in bf16) are from `ref` (float32, same images): max abs, max abs relative
+    to ref's largest magnitude, RMS relative."""
+    import numpy as np
+
+    ref = np.asarray(ref, np.float64)
+    d = np.abs(np.asarray(got, np.float64) - ref)
+    return {"max_abs": float(d.max()), "max_rel": float(d.max() / max(np.abs(ref).max(), 1e-30)),
+            "rms_rel": float(np.sqrt((d ** 2).mean() / max((ref ** 2).mean(), 1e-30)))}

@@ -12,7 +12,7 @@ With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views 
 """
 import argparse
 
-from core import WorkflowError, cli
+from core import WorkflowError, cli, precision
 from extract import backbone, verify, views
 from extract.features import Settings
 from extract.stage import run
@@ -38,6 +38,9 @@ def parse_args(argv=None) -> Settings:
                         f"(AUG_VIEWS; 0 = none)")
     p.add_argument("--verify", default="size", choices=verify.MODES,
                    help="input identity: relative paths + sizes, or + sha256 of every file (VERIFY)")
+    p.add_argument("--precision", default="auto", choices=precision.CHOICES,
+                   help="backbone compute: auto = bfloat16 where the CPU has native bf16, else float32; features are "
+                        "stored as DTYPE either way (PRECISION)")
     p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
                                                  "file, e.g. make report's label_issues.csv (EXCLUDE)")
     a = p.parse_args(argv)
@@ -54,7 +57,7 @@ def parse_args(argv=None) -> Settings:
     return Settings(data=a.data, features=a.features, img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
-                    verify=a.verify)
+                    verify=a.verify, precision=a.precision)
 
 
 @cli

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path
-from core import WorkflowError, space
+from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
 
@@ -40,26 +40,32 @@ class Settings:
     shards: int = 2
     exclude: str = ""  # a CSV with a `path` column, or a text file of paths: left out (extract/exclude.py)
     verify: str = "size"  # the inputs' identity: relative paths + sizes, or + sha256 of every file (extract/verify.py)
+    precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
 
 
-def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict) -> dict:
-    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
+def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "") -> dict:
+    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale.
+
+    `resolved`: PRECISION as core.precision.resolve made it (empty: resolve s.precision here)."""
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
     aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
+    # Likewise bf16: a float32 cache keeps the fingerprint it had before PRECISION existed (readers: absent = float32).
+    bf16 = {"precision": "bfloat16"} if (resolved or precision.resolve(s.precision)) == "bfloat16" else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
     return {
         "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
         "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
         "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
         "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
-        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
+        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug, **bf16,
     }
 
 
-def provenance(imgs: images.ImageSet, digest: str, command: str) -> dict:
-    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path."""
+def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto") -> dict:
+    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path, the
+    PRECISION asked for and whether this CPU has native bf16."""
     return {"backbone_digest": digest, "versions": json.dumps(package_versions()), "command": command,
-            "data": os.path.abspath(imgs.root)}
+            "data": os.path.abspath(imgs.root), **precision.record(requested)}
 
 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
@@ -70,12 +76,13 @@ def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
 
 
 def make_forward(model):
-    """The compiled inference call: uint8 batch in, list of feature maps out."""
+    """The compiled inference call: uint8 batch in, list of float32 feature maps out (whatever the compute dtype)."""
     import tensorflow as tf
 
     def forward(x):
         out = model(tf.cast(x, tf.float32), training=False)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
+        # A bf16 backbone's maps become float32 here: the cache stores float32 (or DTYPE=float16) in any precision.
+        return [tf.cast(o, tf.float32) for o in (out if isinstance(out, (list, tuple)) else [out])]
 
     return tf.function(forward, reduce_retracing=True)
 
@@ -145,7 +152,8 @@ def extract_features(s: Settings) -> int:
     check_views(s.aug_views, imgs, s.layers)
     split = split_of(imgs, s.val_split, s.seed)
     weights_info = backbone.resolve_weights(s.weights)
-    config = resolve_config(s, imgs, weights_info)
+    resolved = precision.resolve(s.precision)
+    config = resolve_config(s, imgs, weights_info, resolved)
     excluded = []
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
@@ -160,9 +168,11 @@ def extract_features(s: Settings) -> int:
     elif state == "unreadable":
         print(f"{s.features}: unreadable as HDF5 (damaged?); rebuilding")
 
-    model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
+    print(precision.describe(s.precision, resolved))
+    with precision.building(resolved):
+        model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
-    record = provenance(imgs, backbone.weights_digest(model), "make features")
+    record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
     view_shapes, extractor = {}, None
     if s.aug_views:
         view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}

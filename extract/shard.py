@@ -29,7 +29,7 @@ import numpy as np
 from cache import CacheWriter, cache_state, fingerprint
 from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manifest, shard_path, shard_ranges,
                           write_front, write_manifest)
-from core import WorkflowError, space
+from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
 from extract import backbone, images, verify
@@ -116,7 +116,9 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
                             f"({len(imgs.paths)}), e.g. SHARDS=2")
     split = split_of(imgs, s.val_split, s.seed)  # once, over all inputs: the local run's split
     weights_info = backbone.resolve_weights(s.weights)
-    config = {**resolve_config(s, imgs, weights_info), "shards": s.shards}
+    resolved = precision.resolve(s.precision)  # here, once: the workers build in it (a worker may lack the GPU)
+    print(precision.describe(s.precision, resolved))
+    config = {**resolve_config(s, imgs, weights_info, resolved), "shards": s.shards}
     fp = fingerprint(config)
     specs = plan(s, imgs, split, config)
 
@@ -149,7 +151,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
         job = {"specs": {sp["index"]: sp for sp in specs if sp["index"] in todo}, "root": os.path.abspath(imgs.root),
                "layout": imgs.layout, "paths": list(imgs.paths), "labels": imgs.labels.tolist(),
                "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": s.img_size,
-               "layers": config["layers"], "weights_info": weights_info, "batch": s.batch, "dtype": s.dtype}
+               "layers": config["layers"], "weights_info": weights_info, "batch": s.batch, "dtype": s.dtype,
+               "precision": resolved, "precision_requested": s.precision}
         results, pool = _compute(job, sorted(todo), workers, cpus_per_worker)
         _raise_failures(s.features, todo, results)
     wall = time.perf_counter() - t0
@@ -166,7 +169,7 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
         bad = ", ".join(f"{e['file']}={e['backbone_digest'][:12]}" for e in ordered)
         raise WorkflowError(f"{s.features}: shards were computed with different backbone weights ({bad}); make the "
                             f"weights file and package versions the same on every node, delete the shards and rerun")
-    record = provenance(imgs, digests.pop(), COMMAND)
+    record = provenance(imgs, digests.pop(), COMMAND, s.precision)
     old = set(recorded) - {e["file"] for e in ordered}
     write_manifest(s.features, fp, ordered)
     summary = write_front(s.features, config, fp, record, ordered)  # last: FEATURES appears only when whole
@@ -252,14 +255,15 @@ class ShardWorker:
             tf.config.threading.set_intra_op_parallelism_threads(cpus)
             tf.config.threading.set_inter_op_parallelism_threads(cpus)
         self.job = job
-        self.model = backbone.build_backbone(job["img_size"], job["layers"], job["weights_info"])
+        with precision.building(job["precision"]):
+            self.model = backbone.build_backbone(job["img_size"], job["layers"], job["weights_info"])
         self.forward = make_forward(self.model)
         # Trace the graph now (seconds on a CPU), not inside the first shard: shard timings then measure extraction.
         self.forward(np.zeros((job["batch"], job["img_size"], job["img_size"], 3), np.uint8))
         self.shapes = {l: tuple(o.shape[1:]) for l, o in zip(job["layers"], self.model.outputs)}
         self.provenance = {"backbone_digest": backbone.weights_digest(self.model),
                            "versions": json.dumps(package_versions()), "command": COMMAND,
-                           "host": socket.gethostname()}
+                           "host": socket.gethostname(), **precision.record(job["precision_requested"])}
 
     def __call__(self, batch):
         out = []

@@ -1,7 +1,8 @@
 """Stage 3: put the stage-2 head back on InceptionV3, prove nothing changed, fine-tune from UNFREEZE_FROM.
 
 Reads DATA (the images the cache was built from), FEATURES (its record and val features), HEAD_DIR/head.keras and
-HEAD_DIR/metrics.json. Writes MODEL_DIR/model.keras (self-contained, float32), MODEL_DIR/metrics.json, MODEL_DIR/curves.png.
+HEAD_DIR/metrics.json. Writes MODEL_DIR/model.keras (self-contained; computes in its training
+precision, PRECISION), MODEL_DIR/metrics.json, MODEL_DIR/curves.png.
 Example: python -m finetune --data data/train --features artifacts/features.h5 --head-dir artifacts/head --model-dir artifacts/finetune
 
 Killed at any moment, the same command resumes from the last finished epoch (MODEL_DIR/_work/). With the same
@@ -13,7 +14,7 @@ views (finetune/cached.py; about a third of the work per step, for CPUs).
 """
 import argparse
 
-from core import WorkflowError, cli
+from core import WorkflowError, cli, precision
 from core.options import add_training
 
 from .model import UNFREEZE_FROM
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--patience", type=int, default=PATIENCE, help="early-stopping patience in epochs")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
                    help="float16 compute with float32 weights and output; auto = on iff a GPU is visible")
+    p.add_argument("--precision", default="auto", choices=precision.CHOICES,
+                   help="compute of the training copy and of model.keras: auto = bfloat16 where the CPU has native "
+                        "bf16 and no GPU, else float32; MIXED_PRECISION on wins over it (PRECISION)")
     p.add_argument("--xla", type=int, default=0, choices=[0, 1], help="compile the train step with XLA (XLA)")
     p.add_argument("--from-cache", type=int, default=0, choices=[0, 1],
                    help="1: train the block after UNFREEZE_FROM + head on cached features and views (FROM_CACHE)")
@@ -44,7 +48,8 @@ def parse_args(argv=None) -> Settings:
         raise WorkflowError(f"--patience={a.patience}: must be >= 0 (0 stops at the first epoch without progress)")
     return Settings(data=a.data, features=a.features, head_dir=a.head_dir, model_dir=a.model_dir,
                     unfreeze_from=a.unfreeze_from, epochs=a.epochs, batch=a.batch, lr=a.lr, patience=a.patience,
-                    seed=a.seed, mixed_precision=a.mixed_precision, xla=bool(a.xla), from_cache=bool(a.from_cache))
+                    seed=a.seed, mixed_precision=a.mixed_precision, xla=bool(a.xla), from_cache=bool(a.from_cache),
+                    precision=a.precision)
 
 
 @cli

@@ -105,7 +105,8 @@ class CachedPath:
 
     def mixed_precision(self, flag: str, gpus) -> bool:
         if flag == "on":
-            print("note: cached fine-tuning runs in float32; MIXED_PRECISION applies to the end-to-end path")
+            print("note: cached fine-tuning computes in PRECISION (float32 or bfloat16); MIXED_PRECISION (float16) "
+                  "applies to the end-to-end path")
         return False
 
     def run_fields(self, s, cache) -> dict:
@@ -131,11 +132,17 @@ class CachedPath:
         return (f"on {len(tr)} images x (clean + {self.feeds.k} cached views) of {s.unfreeze_from} {self.feeds.shape}, "
                 f"streamed from {cache.path}")
 
-    def evaluate(self, model, trunk, cache, s, va):
-        """(val labels, P after training, extra metrics): the trained weights, on one device, in float32."""
+    def evaluate(self, model, trunk, cache, s, va, reference=None):
+        """(val labels, P after training, extra metrics) of the exported `model` (one device, its precision).
+
+        The export check runs on `reference` (the trained weights in the cache's precision; default `model`): in
+        the precision the cached features were computed in, the full model and the cached block agree to
+        RELOAD_TOL, while across precisions they differ by the cache's bf16 rounding."""
         cached, _ = build_cached_model(model, trunk, s.unfreeze_from)
         p_after = predict_rows(cached, cache, s.unfreeze_from, va, s.batch)
-        export = (equivalence.exported(model, cached, cache, s.unfreeze_from, s.data, s.batch, EXPORT_CHECK_ROWS)
+        ref, ref_trunk = reference or (model, trunk)
+        ref_cached = cached if ref is model else build_cached_model(ref, ref_trunk, s.unfreeze_from)[0]
+        export = (equivalence.exported(ref, ref_cached, cache, s.unfreeze_from, s.data, s.batch, EXPORT_CHECK_ROWS)
                   if s.data else None)
         return cache.labels[va], p_after, {"path": "cached", "export_check": export}
 

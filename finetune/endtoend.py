@@ -53,8 +53,8 @@ class EndToEndPath:
     def describe(self, s, cache, tr) -> str:
         return f"on {len(tr)} images"
 
-    def evaluate(self, model, trunk, cache, s, va):
-        """(val labels, P after training, extra metrics) of the float32 model on the val images."""
+    def evaluate(self, model, trunk, cache, s, va, reference=None):
+        """(val labels, P after training, extra metrics) of the exported model on the val images."""
         y, p = predict_labelled(model, self.ds_val)
         return y, p, {}
 

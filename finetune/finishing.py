@@ -11,6 +11,7 @@ import numpy as np
 
 from core import WorkflowError
 from classify.calibrate import apply_temperature
+from core.precision import CHOICES
 
 TTA_MODES = ("none", "flip")
 DEFAULT_BATCH = 32  # images per forward pass when predicting: what a 2-core CPU or any GPU handles at 150 px
@@ -64,4 +65,6 @@ def parser(prog: str, description: str, source: str, source_default: str, source
     p.add_argument("--calibrate", type=int, default=1, choices=[0, 1],
                    help="apply the temperature make finetune fitted; 0: raw probabilities (CALIBRATE)")
     p.add_argument("--tta", default="none", choices=TTA_MODES, help="flip: average over the image and its mirror (TTA)")
+    p.add_argument("--precision", default="", choices=("",) + CHOICES,
+                   help="compute precision; empty: the one the model records (PRECISION)")
     return p

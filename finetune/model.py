@@ -7,7 +7,7 @@ Example: python -c "from finetune.model import trainable_names"   # see finetune
 from cache import CacheMismatch
 from classify.head import build_head
 from classify.record import HeadMismatch, load_head
-from core import WorkflowError
+from core import WorkflowError, precision
 from extract import backbone, images
 
 # Fine-tuning rules (keras-io "Transfer learning & fine-tuning"):
@@ -71,7 +71,10 @@ def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache
                                 f"that computed the cache (digest {got[:12]} vs {digest[:12]}; Keras or weights "
                                 f"changed?); rerun `make features FEATURES={cache_path}`")
     trunk = backbone.cut(base, [layer])
-    head = build_head(feature_shape, **(head_config or {}))  # the one head builder; weights: copy_head_weights
+    # The head stays float32 in a network of any precision: stage 2 trained it in float32 on float32 features, and
+    # Keras casts the trunk's bf16/float16 maps at its input.
+    with precision.building("float32"):
+        head = build_head(feature_shape, **(head_config or {}))  # the one head builder; weights: copy_head_weights
     # inputs[0], not .input: the applications model keeps its inputs as a one-item list, and a model built on
     # that list warns each time it is called on a plain batch.
     model = keras.Model(trunk.inputs[0], head(trunk.outputs[0]), name=f"inception_v3_{layer}_head")
@@ -106,23 +109,23 @@ def set_trainable(model, trunk, unfreeze_from: str) -> list:
     return sorted(wanted)
 
 
-def build(cache, weights_info, layer, mixed: bool, head_config=None):
-    """(full model, trunk) built under the float32 or the mixed_float16 policy (then reset to float32)."""
-    import keras
+def build(cache, weights_info, layer, compute: str, head_config=None, check_digest=False):
+    """(full model, trunk) whose backbone computes in `compute` ('float32', 'bfloat16' or 'mixed_float16').
 
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    try:
-        # The digest check runs on the float32 build only: it is the one compared with the cache.
+    With `check_digest` the rebuilt backbone must hold the cache's numbers (variables are float32 in every policy).
+    """
+    with precision.building(compute):
         return build_full_model(cache.config, weights_info, layer, cache.feature_shape(layer),
-                                None if mixed else cache.provenance["backbone_digest"], cache.path, head_config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+                                cache.provenance["backbone_digest"] if check_digest else None, cache.path,
+                                head_config)
 
 
 def assemble(cache, head_dir, layer, weights_info=None, head_config=None):
-    """(float32 full model holding the stage-2 head's weights, its trunk, the stage-2 head as saved)."""
-    model, trunk = build(cache, weights_info or resolve_cache_weights(cache), layer, mixed=False,
-                         head_config=head_config)
+    """(full model in the cache's precision holding the stage-2 head's weights, its trunk, the stage-2 head as saved).
+
+    The cache's precision, not PRECISION: it reproduces the cached features, so the equivalence check holds."""
+    model, trunk = build(cache, weights_info or resolve_cache_weights(cache), layer, cache.precision,
+                         head_config=head_config, check_digest=True)
     head_src = load_head(head_dir)
     copy_head_weights(model.get_layer("head"), head_src, head_dir)
     return model, trunk, head_src

@@ -18,7 +18,7 @@ def parse_args(argv=None):
 @cli
 def main(argv=None):
     a = parse_args(argv)
-    return write_predictions(a.input, a.model, a.out, a.batch, a.tta, bool(a.calibrate))
+    return write_predictions(a.input, a.model, a.out, a.batch, a.tta, bool(a.calibrate), a.precision)
 
 
 if __name__ == "__main__":

@@ -81,19 +81,21 @@ def write_skipped(out, root, broken) -> str:
     return path
 
 
-def _finished(model_path, root, paths, batch, tta, calibrate, desc):
-    """(P(dog) finished for log loss, broken files, seconds, T, the model's record) for `paths` under `root`."""
-    model, meta = load_model(model_path)
+def _finished(model_path, root, paths, batch, tta, calibrate, desc, precision=""):
+    """(P(dog) finished for log loss, broken files, seconds, T, the model's record + `precision_used`) for `paths`
+    under `root`, computed in PRECISION=`precision` (empty: the model's own)."""
+    model, meta = load_model(model_path, precision)
     probs, broken, dt = predict_files(model, meta["image_size"], root, paths, batch, desc=desc, tta=tta)
     probs, t = finish(probs, meta, model_path, calibrate)
     return probs, broken, dt, t, meta
 
 
-def write_predictions(input_path, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True) -> int:
+def write_predictions(input_path, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True,
+                      precision="") -> int:
     """`make predict`: PREDICTIONS for an image or a folder, under a lock on the file."""
     with output_lock(out, "PREDICTIONS"):
         root, paths = list_inputs(input_path)
-        probs, broken, dt, t, meta = _finished(model_path, root, paths, batch, tta, calibrate, "predict")
+        probs, broken, dt, t, meta = _finished(model_path, root, paths, batch, tta, calibrate, "predict", precision)
         names = meta["class_names"]
         single = os.path.isfile(input_path)
         rows = [(input_path if single else os.path.join(root, rel), f"{p:.6f}", names[int(p >= 0.5)])
@@ -102,7 +104,8 @@ def write_predictions(input_path, model_path, out, batch=DEFAULT_BATCH, tta="non
         skipped_txt = write_skipped(out, root, broken)
     counts = ", ".join(f"{sum(r[2] == n for r in rows)} {n}" for n in names)
     print(f"{out}: {len(rows):,} images predicted ({counts}), {len(broken):,} broken skipped (see {skipped_txt}); "
-          f"{len(paths):,} files in {dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}")
+          f"{len(paths):,} files in {dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}, "
+          f"PRECISION={meta['precision_used']}")
     return 0
 
 
@@ -130,7 +133,8 @@ def submission_rows(ids, probs, clip: float = CLIP):
     return [(int(ids[i]), LABEL_FORMAT.format(p[i])) for i in order]
 
 
-def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True, clip=CLIP) -> int:
+def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True, clip=CLIP,
+                     precision="") -> int:
     """`make submission`: SUBMISSION in Kaggle Redux format for the images in TEST, under a lock on the file."""
     with output_lock(out, "SUBMISSION"):
         if not os.path.isdir(test):
@@ -141,13 +145,15 @@ def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", cal
         if not positive.lower().startswith("dog"):
             raise WorkflowError(f"MODEL={model_path}: its class 1 is {positive!r}, not dog; Kaggle's label is "
                                 f"P(dog), so train on a cat/dog folder")
-        probs, broken, dt, t, _ = _finished(model_path, root, paths, batch, tta, calibrate, "submission")
+        probs, broken, dt, t, meta = _finished(model_path, root, paths, batch, tta, calibrate, "submission",
+                                               precision)
         rows = submission_rows(ids, probs, clip)
         write_csv(out, ["id", "label"], rows)
         skipped_txt = write_skipped(out, root, broken)
     print(f"{out}: {len(rows):,} rows (ids {rows[0][0]}..{rows[-1][0]}), P(dog) clipped to [{clip:g}, {1 - clip:g}], "
           f"{len(broken):,} broken image(s) given {BROKEN_PROB} (see {skipped_txt}); {len(paths):,} files in "
-          f"{dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}")
+          f"{dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}, "
+          f"PRECISION={meta['precision_used']}")
     return 0
 
 

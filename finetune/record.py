@@ -11,7 +11,7 @@ import json
 import os
 import zipfile
 
-from core import WorkflowError
+from core import WorkflowError, precision
 from core.curves import save_curves
 from core.files import replacing, write_json
 from core.runs import columns
@@ -51,12 +51,28 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_model(path):
-    """(keras model, workflow record) from a file written by save_model."""
+def recorded_precision(meta: dict) -> str:
+    """The precision the model was saved in (models written before PRECISION existed: float32)."""
+    return meta.get("precision", "float32")
+
+
+def to_precision(model, compute: str):
+    """`model` rebuilt to compute in `compute` ('float32' | 'bfloat16'), its float32 head kept (finetune/model.py)."""
+    return precision.convert(model, compute, keep=("head",))
+
+
+def load_model(path, requested: str = ""):
+    """(keras model, workflow record + `precision_used`) from a file written by save_model, computing in the
+    precision it records, or in PRECISION=`requested` (auto | float32 | bfloat16) when given."""
     import keras
 
     meta = read_meta(path)
-    return keras.saving.load_model(path, compile=False), meta
+    model = keras.saving.load_model(path, compile=False)
+    saved = recorded_precision(meta)
+    used = precision.resolve(requested) if requested else saved
+    if used != saved:
+        model = to_precision(model, used)
+    return model, {**meta, "precision_used": used}
 
 
 def read_metrics_or_empty(model_dir) -> dict:
@@ -84,6 +100,7 @@ def write_artifacts(model, model_dir, metrics: dict, cache, rows, curves_title: 
     metrics = {**metrics, "history": columns(rows)}
     meta = {"image_size": cache.config["image_size"], "class_names": cache.class_names,
             "positive_class": cache.class_names[1], "input": INPUT,
+            "precision": metrics["config"].get("precision", "float32"),  # what predict computes in by default
             **{k: metrics[k] for k in ("config", "before", "after", "reload_max_abs_diff")},
             **{k: metrics[k] for k in ("calibration", "temperature") if k in metrics}}  # applied by predict
     save_curves(os.path.join(model_dir, CURVES_FILE), rows, curves_title)

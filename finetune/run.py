@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from classify import calibrate
 from classify.record import read_head_record
-from core import space
+from core import precision, space
 from core.files import fingerprint
 from core.lock import output_lock
 from core.metrics import scores
@@ -49,15 +49,27 @@ class Settings:
     mixed_precision: str = "auto"
     xla: bool = False
     from_cache: bool = False
+    precision: str = "auto"  # auto | float32 | bfloat16 (core/precision.py); MIXED_PRECISION on a GPU wins over it
 
 
-def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, replicas: int) -> dict:
+def precisions(requested: str, mixed: bool, gpus) -> tuple:
+    """(the training copy's compute, the exported model's): mixed_float16 trains, exports float32 as before; else
+    PRECISION resolved (auto: bfloat16 only on a CPU with native bf16 and no GPU) for both."""
+    resolved = precision.resolve(requested, gpu=bool(gpus))
+    return ("mixed_float16", "float32") if mixed else (resolved, resolved)
+
+
+def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, replicas: int, train_in="float32",
+                   export_in="float32") -> dict:
     """Everything that decides the fine-tuned weights (fingerprinted), plus where things came from."""
+    # bf16 training only when used: float32 and mixed_float16 runs keep the fingerprints they had before PRECISION.
+    bf16 = {"precision": train_in} if train_in == "bfloat16" else {}
     run = {"cache_fingerprint": cache.fingerprint, "head_sha256": head.sha256(), "unfreeze_from": s.unfreeze_from,
            "epochs": s.epochs, "batch": s.batch, "lr": s.lr, "patience": s.patience, "seed": s.seed,
-           "mixed_precision": mixed, "xla": bool(s.xla), **path.run_fields(s, cache)}
+           "mixed_precision": mixed, "xla": bool(s.xla), **bf16, **path.run_fields(s, cache)}
     return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
-            "mixed_precision_flag": s.mixed_precision, "gpus": gpus, "replicas": replicas,
+            "mixed_precision_flag": s.mixed_precision, "precision": export_in, "training_precision": train_in,
+            "cache_precision": cache.precision, **precision.record(s.precision), "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
             "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",
             "optimizer": "adam", "loss": "binary_crossentropy", "monitor": "val_loss",
@@ -88,7 +100,10 @@ def _run(s: Settings, cache, path) -> int:
     replicas = strategy.num_replicas_in_sync
     train.check_batch(s.batch, replicas)
     mixed = path.mixed_precision(s.mixed_precision, gpus)
-    cfg = resolve_config(s, cache, head, path, mixed, len(gpus), replicas)
+    train_in, export_in = precisions(s.precision, mixed, gpus)
+    print(precision.describe(s.precision, precision.resolve(s.precision, gpu=bool(gpus))) +
+          (f"; training in {train_in} (MIXED_PRECISION)" if mixed else ""))
+    cfg = resolve_config(s, cache, head, path, mixed, len(gpus), replicas, train_in, export_in)
     model_path = os.path.join(s.model_dir, record.MODEL_FILE)
     if record.up_to_date(s.model_dir, cfg["run_fingerprint"]):
         print(f"{model_path}: up to date (run fingerprint {cfg['run_fingerprint'][:12]}); nothing to do")
@@ -99,13 +114,13 @@ def _run(s: Settings, cache, path) -> int:
     fm.trainable_names(trunk, s.unfreeze_from)  # a wrong UNFREEZE_FROM fails now, not after the equivalence pass
     eq, p_before = path.equivalence(model, trunk, head_src, cache, head, s)
 
-    # The model that trains: `model` itself, or a copy built under the mixed_float16 policy (float16 compute,
-    # float32 variables; build_head keeps the sigmoid in float32) and/or inside the strategy's scope, which must
-    # create the variables to mirror them. `model` stays float32 on one device: it is what gets saved.
+    # The model that trains: `model` itself (built in the cache's precision for the equivalence check), or a copy
+    # built in the training precision (bf16 or mixed_float16 compute, float32 variables; the head stays float32)
+    # and/or inside the strategy's scope, which must create the variables to mirror them.
     tm, tt = model, trunk
     with strategy.scope():
-        if mixed or replicas > 1:
-            tm, tt = fm.build(cache, weights_info, head.layer, mixed=mixed, head_config=head.head)
+        if train_in != cache.precision or replicas > 1:
+            tm, tt = fm.build(cache, weights_info, head.layer, train_in, head_config=head.head)
             tm.set_weights(model.get_weights())
         trained, names = path.trained(tm, tt, s.unfreeze_from)
         train.compile_for_finetuning(trained, s.lr, cfg["xla"])  # after set_trainable: compile fixes what trains
@@ -115,15 +130,22 @@ def _run(s: Settings, cache, path) -> int:
     ds_train, ds_val, feeds = path.datasets(cache, s, tr, va, replicas)
     print(f"{path.name} fine-tuning {len(names) - 1} layers from {s.unfreeze_from!r} + head "
           f"({sum(int(v.numpy().size) for v in trained.trainable_weights):,} parameters) {path.describe(s, cache, tr)}, "
-          f"mixed precision {'on' if mixed else 'off'}, XLA {'on' if cfg['xla'] else 'off'}, "
+          f"{train_in} compute, XLA {'on' if cfg['xla'] else 'off'}, "
           f"{replicas} replica(s) x {s.batch // replicas} images")
     run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]})
     t_fit = time.perf_counter()
     resume = train.fit(trained, ds_train, ds_val, run, s.epochs, s.patience, feeds)
     fit_s = time.perf_counter() - t_fit
-    if tm is not model:
-        model.set_weights(tm.get_weights())  # the artifact is float32 and on one device: portable, exact on CPUs
-    y_val, p_after, extra = path.evaluate(model, trunk, cache, s, va)
+    if tm is not model:  # `model` (one device, the cache's precision) gets the trained weights: the export check
+        model.set_weights(tm.get_weights())
+    # The artifact computes in its training precision (mixed_float16 exports float32), on one device.
+    em, et = model, trunk
+    if export_in != cache.precision:
+        em, et = (tm, tt) if train_in == export_in and replicas == 1 else fm.build(
+            cache, weights_info, head.layer, export_in, head_config=head.head)
+        if em is not tm:
+            em.set_weights(tm.get_weights())
+    y_val, p_after, extra = path.evaluate(em, et, cache, s, va, reference=(model, trunk))
     before, after = scores(cache.labels[va], p_before), scores(y_val, p_after)
     calibration = calibrate.fit_temperature(y_val, p_after)  # on val P(dog) after training; predict applies it
     print(calibrate.describe(calibration))
@@ -137,7 +159,7 @@ def _run(s: Settings, cache, path) -> int:
                "images_per_second": {"fit": rate, **({"equivalence_check": eq["images_per_second"]}
                                                     if "images_per_second" in eq else {})},
                "config": cfg}
-    record.write_artifacts(model, s.model_dir, metrics, cache, rows, path.curves_title(s, cache))
+    record.write_artifacts(em, s.model_dir, metrics, cache, rows, path.curves_title(s, cache))
     run.clear()  # model.keras and metrics.json are written: the run is complete
     print(f"{model_path}: {len(rows)} epochs (best {metrics['best_epoch'] + 1}) on {len(tr)} images, this run "
           f"{n_here} in {fit_s:.1f}s, {rate:.1f} images/s; val {change(before, after)}")

@@ -22,7 +22,7 @@ def parse_args(argv=None):
 @cli
 def main(argv=None):
     a = parse_args(argv)
-    return write_submission(a.test, a.model, a.out, a.batch, a.tta, bool(a.calibrate), a.clip)
+    return write_submission(a.test, a.model, a.out, a.batch, a.tta, bool(a.calibrate), a.clip, a.precision)
 
 
 if __name__ == "__main__":
