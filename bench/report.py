@@ -106,8 +106,9 @@ def limits_rows(res) -> list:
                 f"{'yes' if b['native_bf16'] else 'no: emulated'}) | extraction {sp['extraction']:.2f}x, forward "
                 f"{sp['forward']:.2f}x, cached fine-tuning {sp['cached_finetune_epoch']:.2f}x, end to end "
                 f"{sp['end_to_end_finetune_epoch']:.2f}x | reported | |")
-    rows.append(f"| bfloat16 cache | feature error max abs {c['feature_max_abs_err']:.2e} "
-                f"({c['feature_max_abs_err_over_max']:.1e} of the largest), relative RMS {c['feature_rel_rms_err']:.1e}; "
+    e = c["feature_error"]
+    rows.append(f"| bfloat16 cache | feature error max abs {e['max_abs']:.2e} ({e['max_rel']:.1e} of the largest), "
+                f"relative RMS {e['rms_rel']:.1e}; "
                 f"head val acc {c['head_float32']['val_accuracy']:.4f} vs {c['head_bfloat16']['val_accuracy']:.4f}, "
                 f"log loss {c['head_float32']['val_log_loss']:.4f} vs {c['head_bfloat16']['val_log_loss']:.4f} "
                 f"(float32 vs bfloat16) | reported | |")

@@ -29,7 +29,7 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert res["roofline"]["head_epoch"]["work"]["optimizer_bytes_per_step"] == 28 * res["roofline"]["head_epoch"][
         "work"]["trained_weights"]
     b = res["bf16"]
-    assert b["cache"]["cache_precision"] == "bfloat16" and b["cache"]["feature_max_abs_err"] > 0
+    assert b["cache"]["cache_precision"] == "bfloat16" and b["cache"]["feature_error"]["max_abs"] > 0
     assert min(v for v in b["speedup_over_float32"].values() if not isinstance(v, str)) > 0
     assert 0 <= b["cache"]["head_bfloat16"]["val_accuracy"] <= 1 and b["auto_picks"] in ("float32", "bfloat16")
     for t in res["targets"].values():
