@@ -63,7 +63,7 @@ PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
 BENCH_N ?= 600
-# SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; about an hour on 2 cores, not in CI)
+# SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; over an hour on 2 cores, not in CI)
 SCALE_N ?=
 # --- report -------------------------------------------------------------------------------------------------
 REPORT_DIR ?= artifacts/report

@@ -4,7 +4,8 @@ Reads nothing (it generates its own rows and JPEGs). Writes artifacts/bench_scal
 folder (--work: ~7.5 GB at 25,000 rows and 150 px) is deleted at the end, on failure too.
 Example: python -m bench --scale-n 25000 --img-size 150 --mem-budget 2G
 
-A separate, longer mode than `make bench` (about an hour at 25,000 rows on 2 cores), not in CI. Parts:
+A separate, longer mode than `make bench`, not in CI: 15 min at SCALE_N=3000 on 2 busy cores, so about 75 min
+predicted at 25,000 there (most of it grows with the rows: the head's epochs and the fine-tuning epoch). Parts:
 - cache: N rows of synthetic mixed7 and mixed6 features (bench/synthcache.py), written as stage 1 writes a cache;
 - head: `make head EPOCHS=2` on it as a child process, streamed with MEM_BUDGET, with the logistic baseline;
 - cached_finetune: one epoch of `make finetune FROM_CACHE=1`'s training on the N rows of mixed6 features (the
@@ -225,7 +226,8 @@ def _run(o: ScaleOptions) -> dict:
         r = f["result"]
         res["cached_finetune"] = {
             "rows": o.n, "train_rows": r["train_rows"], "val_rows": r["val_rows"], "seconds": r["epoch_s"],
-            "seconds_note": "one epoch (train + validation) after the steps were traced", "trace_s": r["trace_s"],
+            "seconds_note": "one epoch (train + validation) after the steps were traced; clean rows only (AUG_VIEWS=0): "
+                            "a view read costs what a clean read does", "trace_s": r["trace_s"],
             "trace_note": "a fit on two batches before it: tracing the train and val steps, once per run",
             "rows_per_s": r["train_rows"] / r["epoch_s"], "peak_rss_mib": f["peak_rss_mib"],
             "disk_bytes": r["disk_bytes"], "disk_note": "the epoch's checkpoints (MODEL_DIR/_work)",
