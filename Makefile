@@ -65,6 +65,8 @@ PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
 BENCH_N ?= 600
+# SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; over an hour on 2 cores, not in CI)
+SCALE_N ?=
 # --- report -------------------------------------------------------------------------------------------------
 REPORT_DIR ?= artifacts/report
 TOP_N ?= 24
@@ -87,7 +89,7 @@ help:
 	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
 	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
-	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N)"
+	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N) SCALE_N=$(SCALE_N)"
 	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
 	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
@@ -171,9 +173,9 @@ report: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md
+## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
 bench: $(STAMP) $(SCALE_STAMP)
-	$(PY) -m bench --n $(BENCH_N)
+	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) --img-size $(IMG_SIZE) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
 
 ## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off
 # TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another

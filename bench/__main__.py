@@ -2,11 +2,13 @@
 
 Reads nothing (it generates its own ~350x400 JPEGs). Writes artifacts/bench.json and artifacts/bench.md.
 Example: python -m bench --n 600   (the sections: bench/suite.py)
+With --scale-n N, the Kaggle-size run instead (bench/scale.py): artifacts/bench_scale.json and bench_scale.md.
 """
 import argparse
 
 from core import cli
 
+from .scale import ScaleOptions, run_scale
 from .suite import Options, run_bench
 
 
@@ -17,7 +19,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     p.add_argument("--rss-rows", type=int, default=800, help="rows of the 1x cache for the RSS test (4x is 4x)")
-    p.add_argument("--mem-budget", default="64M", help="MEM_BUDGET for the RSS test: both caches exceed it")
+    p.add_argument("--mem-budget", default=None,
+                   help="MEM_BUDGET: 64M for the RSS test (both caches exceed it); with --scale-n, stage 2's 2G")
     p.add_argument("--ft-n", type=int, default=320,
                    help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--baseline-rows", type=int, default=20_000, help="train rows of the baseline's fit at scale")
@@ -33,14 +36,28 @@ def parse_args(argv=None):
                    help="synthetic pooled rows for the report's row-dependent parts (report_s at scale)")
     p.add_argument("--peak-seconds", type=float, default=2.0,
                    help="seconds of repeats per GEMM size and dtype when measuring the machine's peaks")
-    p.add_argument("--work", default="artifacts/bench_work", help="scratch folder (deleted at the end)")
-    p.add_argument("--out", default="artifacts/bench.json")
-    return Options(**vars(p.parse_args(argv)))
+    p.add_argument("--work", default=None, help="scratch folder, deleted at the end (artifacts/bench_work; with "
+                                               "--scale-n artifacts/bench_scale_work)")
+    p.add_argument("--out", default=None, help="artifacts/bench.json; with --scale-n artifacts/bench_scale.json")
+    g = p.add_argument_group("Kaggle-size run (make bench SCALE_N=25000, bench/scale.py): uses --img-size, "
+                             "--mem-budget, --work, --out")
+    g.add_argument("--scale-n", type=int, default=0, help="rows of synthetic features: run this mode (SCALE_N)")
+    g.add_argument("--scale-images", type=int, default=ScaleOptions.images,
+                   help="generated JPEGs whose extraction is timed, then extrapolated to --scale-n")
+    a = vars(p.parse_args(argv))
+    n, images = a.pop("scale_n"), a.pop("scale_images")
+    if n < 0 or images < 1:
+        p.error("--scale-n must be >= 0 (0: the bench) and --scale-images >= 1")
+    if n:
+        given = {k: a[k] for k in ("img_size", "mem_budget", "work", "out") if a[k] is not None}
+        return ScaleOptions(n=n, images=images, **given)
+    return Options(**{k: v for k, v in a.items() if v is not None})
 
 
 @cli
 def main(argv=None):
-    return run_bench(parse_args(argv))
+    opts = parse_args(argv)
+    return run_scale(opts) if isinstance(opts, ScaleOptions) else run_bench(opts)
 
 
 if __name__ == "__main__":
