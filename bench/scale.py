@@ -18,7 +18,6 @@ N = 25,000, else scaled linearly in rows, and says which.
 import contextlib
 import multiprocessing
 import os
-import resource
 import shutil
 import threading
 import time
@@ -38,7 +37,7 @@ from finetune.model import UNFREEZE_FROM
 
 from .scalereport import KAGGLE_TRAIN, kaggle_estimate, markdown
 from .synthcache import layer_shapes, write_synthetic_cache
-from .timing import machine, median, read_history_seconds, run_head_cli
+from .timing import machine, median, peak_rss_mib, read_history_seconds, run_head_cli
 
 LAYERS = (FEATURE_LAYER, UNFREEZE_FROM)  # the head's layer (the cache's `features`), then cached fine-tuning's
 JPEG_BYTES = 40_000  # room per generated ~350x400 JPEG, for the space check
@@ -102,16 +101,6 @@ class Watch:
         self.done.set()
         self.thread.join()
         self.bar.close()
-
-
-def peak_rss_mib() -> float:
-    """This process's peak RSS in MiB: VmHWM, its own memory's high-water mark. Not getrusage's ru_maxrss, which
-    Linux carries over from the parent's memory at exec, so that a child of a large process reads as large."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _measured(fn, *args) -> dict:
@@ -196,8 +185,8 @@ def run_scale(o: ScaleOptions) -> int:
 
 
 def _run(o: ScaleOptions) -> dict:
-    # TensorFlow runs in child processes only: a child's peak RSS can never read below its parent's (see
-    # peak_rss_mib), so this process stays small, and records its size (`parent_rss_mib`) as that floor.
+    # TensorFlow runs in child processes only, each measuring its own VmHWM (bench.timing.peak_rss_mib): this
+    # process stays small (`parent_rss_mib`), and each figure is one part's alone.
     t0 = time.perf_counter()
     info, (shapes, backbone_weights) = in_child(setup, o.img_size)["result"]
     head_weights = space.head_weights(shapes[FEATURE_LAYER])

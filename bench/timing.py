@@ -53,22 +53,47 @@ class EpochTimer:
         return _Timer()
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM, the high-water mark of its own memory, which starts afresh at exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# `python -m classify` that writes its own VmHWM to argv[1] as it exits. Not wait4's or RUSAGE_CHILDREN's ru_maxrss:
+# Linux keeps ru_maxrss across exec, so a child started by the bench (GBs by then) read as large as the bench itself.
+_HEAD_WITH_RSS = """import atexit, runpy, sys
+from bench.timing import peak_rss_mib
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(repr(peak_rss_mib())))
+sys.argv[0] = "classify"
+runpy.run_module("classify", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_head_cli(cache_path, head_dir, *extra) -> tuple:
     """`python -m classify` as a child process; return (metrics.json, peak RSS in MiB of that child alone)."""
     import tempfile
 
-    cmd = [sys.executable, "-m", "classify", "--features", cache_path, "--head-dir", head_dir, "--seed", "0", *extra]
-    # stderr to a file, not a pipe: nobody reads a pipe during wait4, and a full one would block the child.
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # rusage of this child only, unlike RUSAGE_CHILDREN
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = os.path.join(tmp, "vmhwm")
+        cmd = [sys.executable, "-c", _HEAD_WITH_RSS, rss_file, "--features", cache_path, "--head-dir", head_dir,
+               "--seed", "0", *extra]
+        # stderr to a file, not a pipe: nobody reads a pipe while we wait, and a full one would block the child.
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
+                                  stderr=err, text=True)
+            if proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"python -m classify {' '.join(cmd[4:])} failed:\n{err.read()[-2000:]}")
+        with open(rss_file) as f:
+            rss = float(f.read())
     with open(os.path.join(head_dir, "metrics.json")) as f:
-        return json.load(f), usage.ru_maxrss / 1024  # Linux reports KiB
+        return json.load(f), rss
 
 
 def read_history_seconds(head_dir):
