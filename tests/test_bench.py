@@ -12,7 +12,8 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
                    "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--sweep-trials", 2,
-                   "--sweep-epochs", 2, "--report-rows", 2000, "--peak-seconds", 0.2, "--work", tmp_path / "work", "--out", out)
+                   "--sweep-epochs", 2, "--report-rows", 2000, "--peak-seconds", 0.2, "--work", tmp_path / "work",
+                   "--out", out, timeout=1500)  # every section at toy size: 11 min on 2 busy cores
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     fractions = {"extraction_roofline_fraction", "head_epoch_roofline_fraction", "cached_finetune_roofline_fraction"}
