@@ -1,4 +1,4 @@
-"""PRECISION=auto|float32|bfloat16: the choice from the CPU's flags, the model converter, a bf16 cache and stage 3 on it."""
+"""PRECISION=auto|float32|bfloat16: the choice from the CPU's flags, the converter, a bf16 cache, stage 3 on it."""
 import csv
 import json
 import os
@@ -162,7 +162,8 @@ def check_bf16_model(model_dir):
     assert m["config"]["cache_precision"] == "bfloat16" and m["config"]["precision_requested"] == "bfloat16"
     model, meta = load_model(str(model_dir / "model.keras"))
     assert meta["precision"] == "bfloat16" and meta["precision_used"] == "bfloat16"
-    assert policy_of(model) == "bfloat16" and model.get_layer("head").get_layer("head_output").dtype_policy.name == "float32"
+    assert policy_of(model) == "bfloat16"
+    assert model.get_layer("head").get_layer("head_output").dtype_policy.name == "float32"  # the head stays float32
     return m
 
 
@@ -210,11 +211,17 @@ def test_predict_uses_the_models_precision_unless_told(bf16_cache, bf16_head, tr
     probs = {}
     for asked in ("", "float32"):
         out = tmp_path / f"p{asked}.csv"
-        assert write_predictions(str(folder), model, str(out), batch=8, precision=asked) == 0
+        # Raw P: the recorded temperature (T < 1 on this easy set) would magnify bf16's rounding of the logit 1/T-fold
+        assert write_predictions(str(folder), model, str(out), batch=8, calibrate=False, precision=asked) == 0
         assert f"PRECISION={asked or 'bfloat16'}" in capsys.readouterr().out
         with open(out) as f:
             probs[asked] = {r["path"]: float(r["prob_dog"]) for r in csv.DictReader(f)}
     assert probs[""].keys() == probs["float32"].keys() and len(probs[""]) >= 10
     d = np.array([abs(probs[""][k] - probs["float32"][k]) for k in probs[""]])
     print(f"predict bfloat16 vs float32 on {len(d)} images: max |dP| {d.max():.3g}")
-    assert d.max() < 2e-2  # bf16 rounding of the backbone, not another model
+    # bf16 rounds every layer of the backbone (features ~1e-2 relative): P moves by a few hundredths, never the call
+    assert 0 < d.max() < 0.1
+    p32 = np.array([probs["float32"][k] for k in probs[""]])
+    p16 = np.array([probs[""][k] for k in probs[""]])
+    sure = np.abs(p32 - 0.5) > 0.1
+    assert sure.any() and np.array_equal(p16[sure] >= 0.5, p32[sure] >= 0.5)
