@@ -71,9 +71,11 @@ def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache
                                 f"that computed the cache (digest {got[:12]} vs {digest[:12]}; Keras or weights "
                                 f"changed?); rerun `make features FEATURES={cache_path}`")
     trunk = backbone.cut(base, [layer])
-    # The head stays float32 in a network of any precision: stage 2 trained it in float32 on float32 features, and
-    # Keras casts the trunk's bf16/float16 maps at its input.
-    with precision.building("float32"):
+    # The head computes in float32 in a float32 or bf16 network: stage 2 trained it in float32 on float32 features,
+    # and Keras casts the trunk's bf16 maps at its input. Under mixed_float16 (GPU training) it computes in float16
+    # as before, for the GPU's speed; its sigmoid is float32 (build_head) and the export is float32 either way.
+    mixed16 = keras.mixed_precision.global_policy().name == "mixed_float16"
+    with precision.building("mixed_float16" if mixed16 else "float32"):
         head = build_head(feature_shape, **(head_config or {}))  # the one head builder; weights: copy_head_weights
     # inputs[0], not .input: the applications model keeps its inputs as a one-item list, and a model built on
     # that list warns each time it is called on a plain batch.
