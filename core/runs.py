@@ -112,14 +112,14 @@ def _keras_callbacks():
             self.best = run.marker.get("best_val_loss", np.inf)
             self.best_epoch = run.marker.get("best_epoch")
             self.best_file = run.marker.get("best")  # the file holding best_epoch's weights, while it exists
-            self.best_weights = None  # numpy copies of the model's weights at best_epoch
+            self.best_weights = None  # the model's weights at best_epoch (get_weights: arrays that own their data)
             self.last = 0.0
 
         def on_train_begin(self, logs=None):
             if self.run.start:
                 self.run.restore(self.model)
                 if self.best_file == self.run.marker["weights"]:  # the state is the best: keep a copy for later
-                    self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+                    self.best_weights = self.model.get_weights()
             self.last = time.monotonic()
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -130,7 +130,7 @@ def _keras_callbacks():
             loss = (logs or {}).get("val_loss")
             if loss is not None and loss < self.best:
                 self.best, self.best_epoch, self.best_file = float(loss), epoch, None
-                self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+                self.best_weights = self.model.get_weights()
             s = self.run.checkpoint_s
             if s is not None and time.monotonic() - self.last >= s:
                 self.commit()
