@@ -35,6 +35,8 @@ SHARDS ?= 2
 # auto | float32 | bfloat16 compute for features, finetune (empty = auto), predict, submission (empty = the model's)
 PRECISION ?=
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
+# seconds between commits of a training run's resume state (_work/); 0: every epoch. A kill repeats at most these
+CHECKPOINT_S ?= 60
 BATCH ?=
 EPOCHS ?=
 LR ?=
@@ -136,7 +138,7 @@ features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
 	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --layer $(LAYER) --seed $(SEED) \
-	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) \
+	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) --checkpoint-s $(CHECKPOINT_S) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## sweep: search head kinds and settings on FEATURES with Optuna (TRIALS, TIMEOUT=30m, STORAGE=<SQLAlchemy URL>) into SWEEP_DIR; best/ is a HEAD_DIR
@@ -149,7 +151,7 @@ sweep: $(STAMP)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
-	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) \
+	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)

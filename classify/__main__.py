@@ -41,13 +41,15 @@ def parse_args(argv=None) -> Settings:
             p.error(f"--{name} must be at least 1")
     if not a.lr > 0:
         p.error("--lr must be positive")
+    if a.checkpoint_s < 0:
+        p.error("--checkpoint-s must be >= 0 (0: commit every epoch)")
     try:
         head_config(a.head, a.units, a.dropout)
     except ValueError as e:
         p.error(str(e))
     return Settings(features=a.features, head_dir=a.head_dir, layer=a.layer, epochs=a.epochs, batch=a.batch, lr=a.lr,
                     seed=a.seed, deterministic=bool(a.deterministic), xla=bool(a.xla), mem_budget=a.mem_budget,
-                    head=a.head, units=a.units, dropout=a.dropout)
+                    head=a.head, units=a.units, dropout=a.dropout, checkpoint_s=a.checkpoint_s)
 
 
 @cli

@@ -15,7 +15,7 @@ from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import space
 from core.lock import output_lock
 from core.metrics import scores, val_keys
-from core.runs import RunState, best_epoch
+from core.runs import DEFAULT_CHECKPOINT_S, RunState, best_epoch
 
 from . import baseline, calibrate, data, record
 from .head import HEAD_DROPOUT, HEAD_UNITS, head_config
@@ -47,6 +47,7 @@ class Settings:
     head: str = "flatten"  # HEAD: the kind (classify/head.py)
     units: int = HEAD_UNITS
     dropout: float = HEAD_DROPOUT
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit HEAD_DIR/_work/ at most this often (core/runs.py)
 
     @property
     def head_config(self) -> dict:
@@ -86,11 +87,12 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
     t0 = time.perf_counter()
     feeds = data.Feeds(cache, s.layer, tr, va, s.batch, s.seed, scale, in_memory)
     load_s = time.perf_counter() - t0
-    run = RunState(s.head_dir, identity)
+    run = RunState(s.head_dir, identity, s.checkpoint_s)
     head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic,
                       head=s.head_config)
     history = run.rows()
     m = {**head_metrics(head, feeds, history, s.head), "load_seconds": round(load_s, 3)}
+    print(run.describe())
     record.save_outputs(s.head_dir, head, history,
                         f"head on {os.path.basename(cache.path)} ({s.layer}), LR={s.lr:g}, BATCH={s.batch}")
     print(f"head: {len(history)} epochs x {len(tr):,} rows ({feeds.source}) in {m['seconds']:.1f}s, "

@@ -1,7 +1,7 @@
 """Training the dense head on cached features: deterministic, early-stopped, resumable after SIGKILL.
 
 Reads batches from classify.data.Feeds. Writes HEAD_DIR/_work/ while training (core.runs: run.json, history.csv,
-best.weights.h5, backup/), which the stage removes once head.keras is saved.
+backup/: the last commit), which the stage removes once head.keras is saved.
 Example: python -m classify --features artifacts/features.h5 --head-dir artifacts/head --epochs 20
 
 Feature scale: the head sees features divided by one number, the RMS of the train features, and that number is
@@ -45,8 +45,8 @@ def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay),
                   loss="binary_crossentropy", jit_compile=xla, metrics=["accuracy"])
     if start < epochs:
-        model.fit(feeds.train(), validation_data=feeds.val(), epochs=epochs, verbose=verbose, shuffle=False,
-                  callbacks=[*run.callbacks(patience, feeds), *extra_callbacks])  # the data shuffles itself
+        model.fit(feeds.train(), validation_data=feeds.val(), epochs=epochs, initial_epoch=start, verbose=verbose,
+                  shuffle=False, callbacks=[*run.callbacks(patience, feeds), *extra_callbacks])  # data shuffles itself
     if not run.load_best(model):
         raise WorkflowError(f"no epoch gave a finite val loss (diverged?); rerun with a smaller LR, "
                             f"e.g. LR={lr / 10:g}")

@@ -6,8 +6,8 @@ Example: python -c "from core.space import check_space; check_space('artifacts/f
 Estimates (bytes, from shapes known before the first write):
 - stage 1: rows x (bytes of one row at every cached layer + K views) for the rows still to write; with checksums
   HDF5 writes every chunk at creation, so a fresh cache takes its full size in the first seconds;
-- stage 2: the head's checkpoints: weights + two Adam moments, twice (BackupAndRestore's double checkpoint), plus
-  the best weights and head.keras: 8 x the head's float32 weights;
+- stage 2: the head's commits (core/runs.py): weights + two Adam moments, twice while a commit replaces the last
+  one, plus the best weights twice and head.keras: 8 x the head's float32 weights at most;
 - stage 3: the same rule over the whole model's weights.
 """
 import contextlib
@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import WorkflowError
 
-CHECKPOINT_COPIES = 8  # 2 x (weights + 2 Adam moments) in the backup, + best weights, + the saved model
+CHECKPOINT_COPIES = 8  # 2 x (weights + 2 Adam moments) during a commit + 2 x best weights (+ the saved model after)
 SLACK = 1.05  # HDF5 metadata, chunk padding, logs
 
 

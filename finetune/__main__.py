@@ -44,12 +44,14 @@ def parse_args(argv=None) -> Settings:
     for name, value in (("EPOCHS", a.epochs), ("BATCH", a.batch), ("LR", a.lr)):
         if not value > 0:
             raise WorkflowError(f"{name}={value}: must be positive, e.g. EPOCHS=10 BATCH=32 LR=1e-5")
+    if a.checkpoint_s < 0:
+        raise WorkflowError(f"CHECKPOINT_S={a.checkpoint_s:g}: must be >= 0 (0: commit every epoch)")
     if a.patience < 0:
         raise WorkflowError(f"--patience={a.patience}: must be >= 0 (0 stops at the first epoch without progress)")
     return Settings(data=a.data, features=a.features, head_dir=a.head_dir, model_dir=a.model_dir,
                     unfreeze_from=a.unfreeze_from, epochs=a.epochs, batch=a.batch, lr=a.lr, patience=a.patience,
                     seed=a.seed, mixed_precision=a.mixed_precision, xla=bool(a.xla), from_cache=bool(a.from_cache),
-                    precision=a.precision)
+                    precision=a.precision, checkpoint_s=a.checkpoint_s)
 
 
 @cli

@@ -17,7 +17,7 @@ from core import precision, space
 from core.files import fingerprint
 from core.lock import output_lock
 from core.metrics import scores
-from core.runs import RunState, best_epoch
+from core.runs import DEFAULT_CHECKPOINT_S, RunState, best_epoch
 from core.versions import package_versions
 from extract.verify import check_same_images
 
@@ -50,6 +50,7 @@ class Settings:
     xla: bool = False
     from_cache: bool = False
     precision: str = "auto"  # auto | float32 | bfloat16 (core/precision.py); MIXED_PRECISION on a GPU wins over it
+    checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit MODEL_DIR/_work/ at most this often
 
 
 def precisions(requested: str, mixed: bool, gpus) -> tuple:
@@ -69,7 +70,8 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
            "mixed_precision": mixed, "xla": bool(s.xla), **bf16, **path.run_fields(s, cache)}
     return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
             "mixed_precision_flag": s.mixed_precision, "precision": export_in, "training_precision": train_in,
-            "cache_precision": cache.precision, **precision.record(s.precision), "gpus": gpus, "replicas": replicas,
+            "cache_precision": cache.precision, **precision.record(s.precision), "checkpoint_s": s.checkpoint_s,
+            "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
             "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",
             "optimizer": "adam", "loss": "binary_crossentropy", "monitor": "val_loss",
@@ -132,7 +134,7 @@ def _run(s: Settings, cache, path) -> int:
           f"({sum(int(v.numpy().size) for v in trained.trainable_weights):,} parameters) {path.describe(s, cache, tr)}, "
           f"{train_in} compute, XLA {'on' if cfg['xla'] else 'off'}, "
           f"{replicas} replica(s) x {s.batch // replicas} images")
-    run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]})
+    run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]}, s.checkpoint_s)
     t_fit = time.perf_counter()
     resume = train.fit(trained, ds_train, ds_val, run, s.epochs, s.patience, feeds)
     fit_s = time.perf_counter() - t_fit
@@ -159,6 +161,7 @@ def _run(s: Settings, cache, path) -> int:
                "images_per_second": {"fit": rate, **({"equivalence_check": eq["images_per_second"]}
                                                     if "images_per_second" in eq else {})},
                "config": cfg}
+    print(run.describe())
     record.write_artifacts(em, s.model_dir, metrics, cache, rows, path.curves_title(s, cache))
     run.clear()  # model.keras and metrics.json are written: the run is complete
     print(f"{model_path}: {len(rows)} epochs (best {metrics['best_epoch'] + 1}) on {len(tr)} images, this run "

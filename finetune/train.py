@@ -53,7 +53,7 @@ def fit(model, ds_train, ds_val, run, epochs: int, patience: int, feeds=None):
     resume = run.prepare()
     if resume:
         print(f"{run.dir}: resuming a killed run after epoch {resume}/{epochs}")
-    model.fit(ds_train, validation_data=ds_val, epochs=epochs, verbose=1, shuffle=False,  # the data shuffles itself
-              callbacks=run.callbacks(patience, feeds, verbose=1))
+    model.fit(ds_train, validation_data=ds_val, epochs=epochs, initial_epoch=resume, verbose=1,
+              shuffle=False, callbacks=run.callbacks(patience, feeds, verbose=1))  # the data shuffles itself
     run.load_best(model)  # the best val_loss epoch, not the last one
     return resume

@@ -261,8 +261,8 @@ def test_finetune_resumes_after_sigkill_and_writes_its_artifacts(train_dir, cach
     from finetune.record import load_model
 
     model_dir = tmp_path / "ft"
-    args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "3", "--seed", "7")
-    marker = model_dir / "_work" / "backup" / "training_metadata.json"  # BackupAndRestore writes it last
+    args = ft_args(train_dir, cache_path, head_dir, model_dir, "--epochs", "3", "--seed", "7", "--checkpoint-s", "0")
+    marker = model_dir / "_work" / "backup" / "training_metadata.json"  # each commit writes it last
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ROOT})

@@ -307,7 +307,7 @@ def _backup_epoch(head_dir):
 @pytest.mark.slow
 def test_sigkilled_training_resumes_from_its_last_epoch(cache_path, tmp_path):
     head_dir = tmp_path / "head"
-    args = classify_args(cache_path, head_dir, "--epochs", 6, "--batch", 16)
+    args = classify_args(cache_path, head_dir, "--epochs", 6, "--batch", 16, "--checkpoint-s", 0)  # commit each epoch
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.Popen([sys.executable, "-m", "classify", *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -127,7 +127,8 @@ def run_trial(trial, ctx: dict) -> float:
     identity = {"cache_fingerprint": cache.fingerprint, "layer": ctx["layer"], "trial": trial.number,
                 "study": ctx["study"], **p}
     pruning = PruningCallback(trial)
-    run = RunState(trial_dir, identity)  # stage 2's own bookkeeping; a trial never resumes, its state goes at the end
+    # Stage 2's own bookkeeping, without commits: a killed trial is failed and never resumed, so they would only write.
+    run = RunState(trial_dir, identity, checkpoint_s=None)
     try:
         head = train.train_head(feeds, ctx["epochs"], p["lr"], ctx["seed"], run, PATIENCE, verbose=0, head=hc,
                                 weight_decay=p["weight_decay"], extra_callbacks=[pruning])
@@ -144,6 +145,7 @@ def run_trial(trial, ctx: dict) -> float:
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
               "loss": "binary_crossentropy", "patience": PATIENCE, "deterministic": True,
+              "checkpoint_s": None,
               "mem_budget": ctx["mem_budget"], "feature_scale": ctx["scale"],
               "feature_scale_note": "folded into the head's first Dense kernel: head.keras takes raw features",
               "cache_config": cache.config, "trial": trial.number,
