@@ -76,6 +76,11 @@ def markdown(res) -> str:
     lines.append(f"| `checksum_read_cost` | {c['checksum_read_cost']:.2f} (read {c['plain_read_mb_s']:.0f} vs "
                  f"{c['checksummed_read_mb_s']:.0f} MB/s; write cost {c.get('checksum_write_cost', float('nan')):.2f}) "
                  f"| reported | |")
+    c0, cd = res["head_commits"].values()  # CHECKPOINT_S=0, then the default
+    lines.append(f"| `make head` resume state (CHECKPOINT_S=0 vs default) | {c0['commits']} vs {cd['commits']} commits, "
+                 f"{c0['bytes'] / 1e6:.0f} vs {cd['bytes'] / 1e6:.0f} MB written in {c0['seconds']:.1f} vs "
+                 f"{cd['seconds']:.1f} s; wall per epoch {c0['wall_s_per_epoch']:.2f} vs {cd['wall_s_per_epoch']:.2f} s "
+                 f"({cd['epochs']} epochs) | reported | |")
     lines += limits_rows(res)
     spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
     lines.append(f"| wall seconds per part | {spent} | | |")

@@ -23,6 +23,7 @@ from classify.head import build_head
 from classify.stage import DEFAULT_BATCH as HEAD_BATCH
 from core.files import write_json, write_text
 from core.lock import output_lock
+from core.runs import DEFAULT_CHECKPOINT_S
 from extract import images
 from extract.synth import make_dataset
 
@@ -96,8 +97,17 @@ def _run(a: Options) -> int:
         head_m, _ = run_head_cli(cache32, os.path.join(work, "head-float32"), *head_epochs_arg)
         det_epochs = read_history_seconds(os.path.join(work, "head-float32"))
         # Like for like with the recipe, which runs without op determinism (Keras' default): a second head run.
-        run_head_cli(cache32, os.path.join(work, "head-nondet"), "--deterministic", "0", "--epochs", str(1 + a.repeats))
-        head_epochs = read_history_seconds(os.path.join(work, "head-nondet"))
+        nondet = ("--deterministic", "0", "--epochs", str(1 + a.repeats))
+        commits = {}
+        # CHECKPOINT_S's default against a commit every epoch (the old per-epoch checkpoints wrote more still):
+        # what the resume state costs a `make head` epoch, wall time with every callback.
+        for every in ("0", f"{DEFAULT_CHECKPOINT_S:g}"):
+            m, _ = run_head_cli(cache32, os.path.join(work, f"head-nondet-{every}"), *nondet, "--checkpoint-s", every)
+            commits[f"checkpoint_s_{every}"] = {**m["head"]["commits_this_run"], "epochs": m["head"]["epochs"],
+                                                "wall_s_per_epoch": m["head"]["train_wall_seconds_this_run"] /
+                                                m["head"]["epochs"]}
+        res["head_commits"] = commits
+        head_epochs = read_history_seconds(os.path.join(work, f"head-nondet-{DEFAULT_CHECKPOINT_S:g}"))
         res["head_breakdown"] = stages.bench_head_breakdown(a, cache32)
     with section("recipe"):
         recipe_epochs, gflops = stages.bench_recipe_epoch(a, cache32, epochs=1 + a.repeats)

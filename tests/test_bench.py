@@ -27,6 +27,9 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
         assert 0 < res[f"{stage}_roofline_fraction"] == res["roofline"][stage]["fraction"], stage
     for stage in ("extraction", "head_epoch", "cached_finetune"):  # a missed target must say where the time goes
         assert res["roofline"][stage]["bottleneck"] and len(res["roofline"][stage]["parts"]) >= 2, stage
+    c = res["head_commits"]  # the default commits less than CHECKPOINT_S=0, which commits every epoch
+    assert c["checkpoint_s_0"]["commits"] == c["checkpoint_s_0"]["epochs"] > c["checkpoint_s_60"]["commits"] >= 1
+    assert c["checkpoint_s_0"]["bytes"] > c["checkpoint_s_60"]["bytes"] > 0
     assert res["roofline"]["head_epoch"]["work"]["optimizer_bytes_per_step"] == 28 * res["roofline"]["head_epoch"][
         "work"]["trained_weights"]
     b = res["bf16"]
