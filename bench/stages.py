@@ -190,10 +190,14 @@ def bench_dtype(cache32, work, metrics32, *head_args):
            "feature_max_rel_err": float((np.abs(f16 - f32) / np.maximum(np.abs(f32), 1e-6)).max()),
            "disk_mib_float32": os.path.getsize(cache32) / 2**20, "disk_mib_float16": os.path.getsize(cache16) / 2**20}
     m16, _ = run_head_cli(cache16, os.path.join(work, "head-float16"), *head_args)
-    for name, m in (("float32", metrics32), ("float16", m16)):
-        for part in ("head", "baseline"):
-            res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
+    res.update(val_metrics({"float32": metrics32, "float16": m16}))
     return res
+
+
+def val_metrics(runs: dict) -> dict:
+    """{"<head|baseline>_<name>": its val accuracy, log loss and AUC} for each `make head` metrics.json in `runs`."""
+    return {f"{part}_{name}": {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
+            for name, m in runs.items() for part in ("head", "baseline")}
 
 
 def bench_baseline_at_scale(rows: int = 20_000, channels: int = 768, seed: int = 0) -> dict:
@@ -221,8 +225,6 @@ def bench_bf16_cache(a, data, cache32, work, metrics32, *head_args) -> dict:
     res = {"cache_precision": recorded, "feature_error": feature_error(f16, f32),
            "note": "WEIGHTS=none: a random-weight InceptionV3; the error is bf16's rounding through 7 blocks"}
     m16, _ = run_head_cli(cache16, os.path.join(work, "head-bf16"), *head_args)
-    for name, m in (("float32", metrics32), ("bfloat16", m16)):
-        for part in ("head", "baseline"):
-            res[f"{part}_{name}"] = {k: m[part][k] for k in ("val_accuracy", "val_log_loss", "val_auc")}
+    res.update(val_metrics({"float32": metrics32, "bfloat16": m16}))
     os.remove(cache16)
     return res

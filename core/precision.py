@@ -64,8 +64,9 @@ def resolve(requested: str, flags=None, gpu=None) -> str:
 
 def describe(requested: str, resolved: str, flags=None) -> str:
     """One line for the log: what PRECISION became and why."""
+    flags = cpu_flags() if flags is None else set(flags)
     native = native_bf16(flags)
-    why = (f"this CPU has {'/'.join(f for f in NATIVE_BF16_FLAGS if f in (cpu_flags() if flags is None else flags))}"
+    why = (f"this CPU has {'/'.join(f for f in NATIVE_BF16_FLAGS if f in flags)}"
            if native else f"this CPU has no {' or '.join(NATIVE_BF16_FLAGS)}")
     line = f"precision: PRECISION={requested} -> {resolved} ({why})"
     if resolved == "bfloat16" and not native:
@@ -84,7 +85,6 @@ def building(precision: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(before)
-
 
 
 def record(requested: str) -> dict:

@@ -53,10 +53,9 @@ class Settings:
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit MODEL_DIR/_work/ at most this often
 
 
-def precisions(requested: str, mixed: bool, gpus) -> tuple:
+def precisions(resolved: str, mixed: bool) -> tuple:
     """(the training copy's compute, the exported model's): mixed_float16 trains, exports float32 as before; else
-    PRECISION resolved (auto: bfloat16 only on a CPU with native bf16 and no GPU) for both."""
-    resolved = precision.resolve(requested, gpu=bool(gpus))
+    PRECISION as core.precision.resolve made it (auto: bfloat16 only on a CPU with native bf16, no GPU) for both."""
     return ("mixed_float16", "float32") if mixed else (resolved, resolved)
 
 
@@ -102,8 +101,9 @@ def _run(s: Settings, cache, path) -> int:
     replicas = strategy.num_replicas_in_sync
     train.check_batch(s.batch, replicas)
     mixed = path.mixed_precision(s.mixed_precision, gpus)
-    train_in, export_in = precisions(s.precision, mixed, gpus)
-    print(precision.describe(s.precision, precision.resolve(s.precision, gpu=bool(gpus))) +
+    resolved = precision.resolve(s.precision, gpu=bool(gpus))
+    train_in, export_in = precisions(resolved, mixed)
+    print(precision.describe(s.precision, resolved) +
           (f"; training in {train_in} (MIXED_PRECISION)" if mixed else ""))
     cfg = resolve_config(s, cache, head, path, mixed, len(gpus), replicas, train_in, export_in)
     model_path = os.path.join(s.model_dir, record.MODEL_FILE)
