@@ -10,7 +10,7 @@ validation and callbacks; Adam - SGD in memory = Adam's extra update traffic; SG
 """
 import numpy as np
 
-from core.precision import native_bf16, resolve
+from core.precision import AUTO_BF16, native_bf16, resolve
 
 from . import roofline as rl
 
@@ -69,18 +69,37 @@ def against_limits(res: dict, head_params: int, head_batch: int, feature_shape) 
     return out
 
 
+STAGE_USE = {"extraction": "inference", "forward": "inference", "cached_finetune_epoch": "training",
+             "end_to_end_finetune_epoch": "training"}
+SLOWER_MARGIN = 1.05  # a choice is flagged when the other precision is this much faster: below it, run-to-run noise
+
+
+def auto_by_stage(speedup: dict) -> dict:
+    """Each stage's PRECISION=auto choice on this CPU beside bf16's measured speed-up over float32, flagged
+    (`auto_is_slower`) where the precision auto did not pick was faster by more than SLOWER_MARGIN."""
+    out = {}
+    for stage, use in STAGE_USE.items():
+        pick = resolve("auto", use)
+        lost = speedup[stage] if pick == "float32" else 1 / speedup[stage]  # the other one's speed over auto's
+        out[stage] = {"use": use, "auto": pick, "bfloat16_speedup": speedup[stage],
+                      "auto_is_slower": bool(lost > SLOWER_MARGIN)}
+    return out
+
+
 def bf16_section(res: dict, cache_figures: dict) -> dict:
     """bench.json's `bf16`: speed-up of each stage over float32 (same run), feature error and both caches' metrics."""
     peaks, ext, ft = res["machine_peaks"], res["extraction"], res["cached_finetune"]
     b_ext, b_ft = ext["by_precision"]["bfloat16"], ft["by_precision"]["bfloat16"]
     native = native_bf16()
-    out = {"native_bf16": native, "auto_picks": resolve("auto"),
-           "speedup_over_float32": {
-               "extraction": b_ext["extract_img_s"] / ext["extract_img_s"],
+    speedup = {"extraction": b_ext["extract_img_s"] / ext["extract_img_s"],
                "forward": b_ext["forward_img_s"] / ext["forward_img_s"],
                "cached_finetune_epoch": ft["cached_epoch_s"] / b_ft["cached_epoch_s"],
-               "end_to_end_finetune_epoch": ft["end_to_end_epoch_s"] / b_ft["end_to_end_epoch_s"],
-               "head_epoch": "n/a: stage 2 trains on the stored float32 features in float32 at any PRECISION"},
+               "end_to_end_finetune_epoch": ft["end_to_end_epoch_s"] / b_ft["end_to_end_epoch_s"]}
+    out = {"native_bf16": native, "auto_picks": {use: resolve("auto", use) for use in AUTO_BF16},
+           "auto_by_stage": auto_by_stage(speedup),
+           "speedup_over_float32": {
+               **speedup, "head_epoch": "n/a: stage 2 trains on the stored float32 features in float32 at any "
+                                        "PRECISION"},
            "extract_img_s": b_ext["extract_img_s"], "forward_img_s": b_ext["forward_img_s"],
            "cached_epoch_s": b_ft["cached_epoch_s"], "end_to_end_epoch_s": b_ft["end_to_end_epoch_s"],
            "extraction_roofline_fraction": b_ext["extract_img_s"] / rl.forward_img_s(
@@ -88,5 +107,6 @@ def bf16_section(res: dict, cache_figures: dict) -> dict:
            "cache": cache_figures}
     if not native:
         out["note"] = ("this CPU has no avx512_bf16/amx_bf16: bf16 is emulated (converted around float32 kernels), "
-                       "so these speed-ups say nothing of a CPU that has it, and PRECISION=auto picks float32 here")
+                       "so these speed-ups say nothing of a CPU that has it, and PRECISION=auto picks float32 here for every "
+                       "stage")
     return out

@@ -107,10 +107,11 @@ def limits_rows(res) -> list:
         rows.append(f"| `{stage}_roofline_fraction` | {s['fraction']:.2f}: {what} | reported | |")
     sp = b["speedup_over_float32"]
     c = b["cache"]
-    rows.append(f"| bfloat16 over float32 (auto picks {b['auto_picks']}; native bf16 "
-                f"{'yes' if b['native_bf16'] else 'no: emulated'}) | extraction {sp['extraction']:.2f}x, forward "
-                f"{sp['forward']:.2f}x, cached fine-tuning {sp['cached_finetune_epoch']:.2f}x, end to end "
-                f"{sp['end_to_end_finetune_epoch']:.2f}x | reported | |")
+    picks = ", ".join(f"{stage.replace('_', ' ')} {st['bfloat16_speedup']:.2f}x, auto picks {st['auto']}"
+                      + (" (**the slower one**)" if st["auto_is_slower"] else "")
+                      for stage, st in b["auto_by_stage"].items())
+    rows.append(f"| bfloat16 over float32 (native bf16 {'yes' if b['native_bf16'] else 'no: emulated'}) | {picks} "
+                f"| reported | |")
     e = c["feature_error"]
     rows.append(f"| bfloat16 cache | feature error max abs {e['max_abs']:.2e} ({e['max_rel']:.1e} of the largest), "
                 f"relative RMS {e['rms_rel']:.1e}; "

@@ -45,6 +45,13 @@ def small_dataset(f, name, data, dtype=None):
                             maxshape=(None,) + data.shape[1:], fletcher32=True)
 
 
+def inputs_table(f, paths, sizes):
+    """`inputs/path`, `inputs/size`: every input file (relative path, bytes), in input order, cached or skipped.
+    Not identity (the fingerprint covers them): what lets a stale cache say which files changed."""
+    small_dataset(f, "inputs/path", *fixed_strings(list(paths)))
+    small_dataset(f, "inputs/size", np.asarray(sizes, np.int64))
+
+
 SEAL = "attrs_seal"  # an integer attribute: stored inline in the (checksummed) attribute message
 
 

@@ -191,17 +191,73 @@ def _format_version(path) -> int:
         return int(f.attrs["format_version"])
 
 
-def cache_state(path, fp: str) -> str:
-    """'up-to-date' if a complete cache with fingerprint `fp` is at `path`; else 'missing', 'stale' or 'unreadable'."""
+def cache_state(path, fps) -> str:
+    """'up-to-date' if a complete cache whose fingerprint is `fps` (a str, or any of a collection) is at `path`; else
+    'missing', 'stale' or 'unreadable'."""
+    accept = {fps} if isinstance(fps, str) else set(fps)
     if not os.path.exists(path):
         return "missing"
     try:
         with h5py.File(path, "r") as f:
             ok = (f.attrs.get("format") == FORMAT and bool(f.attrs.get("complete", False))
                   and f.attrs.get("format_version") == FORMAT_VERSION)
-            if ok and f.attrs.get("fingerprint") == fp:
+            if ok and f.attrs.get("fingerprint") in accept:
                 check_attrs(f, path)  # damaged attributes: rebuild (damaged data is found by the readers)
                 return "up-to-date"
             return "stale"
     except (OSError, KeyError, RuntimeError, CacheCorrupt):
         return "unreadable"
+
+
+# Keys whose change is said by the input files' counts (or, for hashes, in two words), not by their values.
+_INPUT_KEYS = ("inputs_fingerprint", "n_inputs")
+_DEFAULTS = {"precision": "float32"}  # what an absent key means (caches written before the key existed)
+
+
+def stale_reason(path, config: dict, inputs: dict = None) -> str:
+    """What differs between the cache at `path` and `config`, in one line: its settings as `key old -> new`, then the
+    input files as counts against `inputs` ({relative path: size}), e.g. 'precision float32 -> bfloat16, image_size
+    75 -> 150, 3 files added, 1 changed in size'. Empty when the file cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            old = json.loads(f.attrs["config"])
+            had = recorded_inputs(f)
+    except (OSError, KeyError, RuntimeError, ValueError):
+        return ""
+    parts = []
+    for key in sorted(set(old) | set(config)):
+        a, b = old.get(key, _DEFAULTS.get(key)), config.get(key, _DEFAULTS.get(key))
+        if a == b or key in _INPUT_KEYS:
+            continue
+        parts.append(f"{key.replace('_', ' ')} differs" if key.endswith(("sha256", "fingerprint"))
+                     else f"{key} {_short(a)} -> {_short(b)}")
+    if old.get("inputs_fingerprint") != config.get("inputs_fingerprint"):
+        parts.append(_input_changes(had, inputs, old, config))
+    return ", ".join(parts) or "its fingerprint differs"
+
+
+def _short(v, width=40) -> str:
+    text = "unset" if v is None else v if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _input_changes(had, now, old, config) -> str:
+    if had is None or now is None:
+        return (f"input files changed ({old.get('n_inputs')} -> {config.get('n_inputs')} files; the cache predates "
+                f"its list of file sizes)")
+    added, removed = len(now.keys() - had.keys()), len(had.keys() - now.keys())
+    resized = sum(had[p] != now[p] for p in had.keys() & now.keys())
+    counts = [(n, what) for n, what in ((added, "added"), (removed, "removed"), (resized, "changed in size")) if n]
+    if not counts:  # same names and sizes: VERIFY=content saw other bytes
+        return f"{config.get('n_inputs')} files, same names and sizes, contents differ"
+    first = f"{counts[0][0]} file{'s' if counts[0][0] != 1 else ''} {counts[0][1]}"  # '3 files added, 1 removed'
+    return ", ".join([first] + [f"{n} {what}" for n, what in counts[1:]])
+
+
+def recorded_inputs(f) -> dict:
+    """{relative path: size in bytes} of every input the cache was built from (open h5py file `f`; None for caches
+    written before the list existed)."""
+    if "inputs" not in f:
+        return None
+    paths = [p.decode() if isinstance(p, bytes) else p for p in f["inputs/path"][:]]
+    return dict(zip(paths, f["inputs/size"][:].tolist()))

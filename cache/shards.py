@@ -21,7 +21,7 @@ from .errors import CacheIncomplete, WorkflowError
 from core.files import file_hash
 
 from .format import FORMAT, WriteSummary, chunk_rows_for, partial_path, write_attrs
-from .integrity import LIBVER, fixed_strings, seal_attrs, small_dataset
+from .integrity import LIBVER, fixed_strings, inputs_table, seal_attrs, small_dataset
 
 MANIFEST_VERSION = 1
 
@@ -93,8 +93,9 @@ def inspect_shard(path, fp: str, recorded=None, hashed=None):
     return entry, ""
 
 
-def write_front(features, config: dict, fp: str, provenance: dict, entries) -> WriteSummary:
-    """Write FEATURES as the virtual-dataset front file over the shards in `entries` (in order), via a rename."""
+def write_front(features, config: dict, fp: str, provenance: dict, entries, inputs=None) -> WriteSummary:
+    """Write FEATURES as the virtual-dataset front file over the shards in `entries` (in order), via a rename;
+    `inputs`: (relative paths, sizes) of every input, recorded as in a single-file cache."""
     features = str(features)
     folder = os.path.dirname(os.path.abspath(features))
     tmp = partial_path(features)
@@ -130,6 +131,8 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries) -> W
         small_dataset(f, "split", np.concatenate(split))
         skipped = np.array([_text(x) for x in np.concatenate(skipped).ravel()], dtype=object).reshape(-1, 2)
         small_dataset(f, "skipped", *fixed_strings(skipped))
+        if inputs is not None:
+            inputs_table(f, *inputs)
         f.attrs["shard_files"] = json.dumps([{k: e[k] for k in ("file", "fingerprint", "rows")} for e in entries])
         f.attrs["manifest"] = os.path.basename(manifest_path(features))
         f.attrs["n_rows"] = n

@@ -21,7 +21,8 @@ import numpy as np
 
 from .format import FORMAT, REASON_BYTES, SPLIT_TRAIN, WriteSummary, chunk_rows_for, fingerprint, partial_path, \
     write_attrs
-from .integrity import LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, seal_attrs, small_dataset
+from .integrity import (LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, inputs_table, seal_attrs,
+                        small_dataset)
 
 def _early_dcpl():
     # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
@@ -39,7 +40,7 @@ class CacheWriter:
     """Resumable, append-only writer of one cache file (see module docstring for the commit protocol)."""
 
     def __init__(self, path, config: dict, paths, labels, split, layer_shapes: dict, dtype="float32",
-                 provenance=None, view_shapes=None, n_views=0):
+                 provenance=None, view_shapes=None, n_views=0, input_sizes=None):
         self.path, self.tmp = str(path), partial_path(path)
         self.config = dict(config)  # identity: its fingerprint decides resume / up-to-date / stale
         self.provenance = dict(provenance or {})  # recorded, not identity: versions, backbone digest
@@ -47,6 +48,7 @@ class CacheWriter:
         self.paths = list(paths)
         self.labels = np.asarray(labels, np.int8)
         self.split = np.asarray(split, np.int8)
+        self.input_sizes = input_sizes  # bytes of each input, in order: recorded as `inputs/` (None: not recorded)
         self.layer_shapes = {k: tuple(int(d) for d in v) for k, v in layer_shapes.items()}
         self.dtype = np.dtype(dtype)
         # K augmented views per train row at these layers; val and unlabelled rows get none (they are never
@@ -145,7 +147,7 @@ class CacheWriter:
         done[rows] = True
         reasons = f["_progress/reason"][:len(self.paths)] if self.paths else []
         skipped = [(self.paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~done)]
-        for name in ("features", "labels", "paths", "split", "skipped"):
+        for name in ("features", "labels", "paths", "split", "skipped", "inputs"):
             if name in f:  # a previous finalise was killed half-way: redo it
                 del f[name]
         for name in self.layer_shapes:
@@ -158,6 +160,8 @@ class CacheWriter:
         small_dataset(f, "paths", *fixed_strings([self.paths[i] for i in rows]))
         small_dataset(f, "split", self.split[rows])
         small_dataset(f, "skipped", *fixed_strings(np.array(skipped, dtype=object).reshape(-1, 2)))
+        if self.input_sizes is not None:
+            inputs_table(f, self.paths, self.input_sizes)
         del f["_progress"]
         f.attrs["n_rows"] = n_rows
         f.attrs["n_skipped"] = len(skipped)

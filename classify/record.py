@@ -112,6 +112,14 @@ def write_metrics(head_dir, head: dict, baseline, cache, layer, config: dict) ->
     return doc
 
 
+def up_to_date(head_dir, run_fp: str) -> bool:
+    """HEAD_DIR holds a complete head (metrics.json, written last, with head.keras and baseline.joblib) of the run
+    whose fingerprint is `run_fp` (the cache's fingerprint and every setting that decides the head)."""
+    if not all(os.path.isfile(os.path.join(head_dir, n)) for n in (HEAD_FILE, BASELINE_FILE)):
+        return False
+    return read_metrics_or_empty(head_dir).get("config", {}).get("run_fingerprint") == run_fp
+
+
 def read_metrics_or_empty(head_dir) -> dict:
     """metrics.json, or {} when it is missing or unreadable (for readers that show what there is)."""
     try:

@@ -13,6 +13,7 @@ import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import space
+from core.files import fingerprint
 from core.lock import output_lock
 from core.metrics import scores, val_keys
 from core.runs import DEFAULT_CHECKPOINT_S, RunState, best_epoch
@@ -134,6 +135,13 @@ def train_stage(s: Settings) -> int:
         maps = shape if s.head == "flatten" else (1, 1, shape[-1])
         space.check_space(os.path.join(s.head_dir, record.HEAD_FILE),
                           space.checkpoint_bytes(space.head_weights(maps, s.units)), "HEAD_DIR")
+        identity = {"cache_fingerprint": cache.fingerprint, "layer": s.layer, "feature_shape": list(shape),
+                    "seed": s.seed, "batch": s.batch, "lr": s.lr, "head": s.head_config}
+        run_fp = run_fingerprint(s, identity)
+        if record.up_to_date(s.head_dir, run_fp):
+            print(f"{s.head_dir}: up to date (a complete head of {cache.path}, fingerprint {cache.fingerprint[:12]}, "
+                  f"run fingerprint {run_fp[:12]}); nothing to do")
+            return 0
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         held = data.held_bytes(cache, np.concatenate([tr, va]), s.layer)
         in_memory = held <= budget
@@ -142,11 +150,9 @@ def train_stage(s: Settings) -> int:
         record.begin(s.head_dir)
         # Baseline first: it needs no TensorFlow, and its memory is freed before the head's is taken.
         base_m, scale = run_baseline(cache, s.layer, s.seed, tr, va, s.head_dir)
-        identity = {"cache_fingerprint": cache.fingerprint, "layer": s.layer, "feature_shape": list(shape),
-                    "seed": s.seed, "batch": s.batch, "lr": s.lr, "head": s.head_config}
         head_m, run = run_head(cache, s, tr, va, scale, in_memory, identity)
         settings = {k: v for k, v in asdict(s).items() if k not in ("head", "units", "dropout")}
-        config = {**settings, "head": s.head_config, "features": os.path.abspath(s.features),
+        config = {**settings, "head": s.head_config, "run_fingerprint": run_fp, "features": os.path.abspath(s.features),
                   "head_dir": os.path.abspath(s.head_dir),
                   "mem_budget_bytes": budget, "optimizer": "adam", "xla": s.uses_xla,
                   "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
@@ -160,6 +166,14 @@ def train_stage(s: Settings) -> int:
     print(side_by_side(head_m, base_m))
     print(f"{s.head_dir}: head.keras, baseline.joblib, metrics.json, history.csv, curves.png")
     return 0
+
+
+def run_fingerprint(s: Settings, identity: dict) -> str:
+    """The identity of a finished head: the resume identity (cache, layer, seed, batch, lr, head) and the settings that
+    end or compile the run. MEM_BUDGET and CHECKPOINT_S are left out: they decide how the head trains, not what it
+    becomes (streamed or in memory, committed often or rarely, the weights are the same; tests/test_head.py)."""
+    return fingerprint({**identity, "epochs": s.epochs, "deterministic": s.deterministic, "xla": s.uses_xla,
+                        "patience": PATIENCE})
 
 
 def side_by_side(head: dict, baseline: dict) -> str:

@@ -1,7 +1,12 @@
 """The network's compute precision: PRECISION=auto|float32|bfloat16, and the CPU facts that `auto` decides on.
 
-Reads /proc/cpuinfo (the CPU's flags). Writes nothing.
-Example: python -c "from core.precision import resolve; print(resolve('auto'))"   # float32 on a CPU without bf16
+Reads /proc/cpuinfo (the CPU's flags), or PRECISION_CPU_FLAGS in its place. Writes nothing.
+Example: python -c "from core.precision import resolve; print(resolve('auto', 'inference'))"
+
+`auto` decides per use: bfloat16 for `inference` (extraction, predict, submission, the report) on a CPU with native
+bf16, float32 for `training` everywhere (AUTO_BF16 says why). PRECISION_CPU_FLAGS, read here and nowhere else, stands
+in for the CPU's flags (comma- or space-separated; `none` for no flags), so that any machine can play the other kind
+of CPU: `make test` runs its fast tier that way.
 
 `convert` rebuilds a Keras model in another precision (e.g. a bfloat16 model.keras predicting in float32).
 
@@ -11,6 +16,7 @@ Intel Cooper Lake; `amx_bf16`: Intel Sapphire Rapids+): there oneDNN runs bf16 c
 twice the float32 rate. Elsewhere bf16 is converted to float32 around every kernel: no faster, only less exact.
 On a GPU, `auto` keeps float32 here and leaves speed to the GPU's own mixed precision (MIXED_PRECISION), as before.
 """
+import os
 from contextlib import contextmanager
 
 from .errors import WorkflowError
@@ -18,10 +24,21 @@ from .errors import WorkflowError
 CHOICES = ("auto", "float32", "bfloat16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # Keras dtype policy of each resolved precision
+CPUINFO = "/proc/cpuinfo"
+FLAGS_ENV = "PRECISION_CPU_FLAGS"  # stands in for CPUINFO's flags: tests play the other kind of CPU with it
+# Where `auto` takes bf16 on a CPU with native bf16: only for the uses that `make bench` measures faster in bf16 there
+# (bench.json `bf16`, each stage's speed-up beside its `auto` choice). Forward passes gain from oneDNN's bf16 kernels;
+# training under Keras' mixed_bfloat16 on this TensorFlow does not (its backward pass and casts cost more than the
+# faster matmuls save), so `auto` trains in float32 until a bench says otherwise.
+AUTO_BF16 = {"inference": True, "training": False}
 
 
-def cpu_flags(path="/proc/cpuinfo") -> set:
-    """The flags of the first CPU listed in `path` (empty where there is no such file, e.g. macOS)."""
+def cpu_flags(path=CPUINFO) -> set:
+    """The flags of the first CPU listed in `path` (empty where there is no such file, e.g. macOS); for this
+    machine's /proc/cpuinfo, PRECISION_CPU_FLAGS wins when it is set."""
+    if path == CPUINFO and FLAGS_ENV in os.environ:
+        value = os.environ[FLAGS_ENV].replace(",", " ").split()
+        return set() if value in ([], ["none"]) else set(value)
     try:
         with open(path) as f:
             for line in f:
@@ -52,23 +69,41 @@ def check(requested: str, what="PRECISION") -> str:
     return requested
 
 
-def resolve(requested: str, flags=None, gpu=None) -> str:
-    """'float32' or 'bfloat16' for PRECISION=`requested` on a CPU with `flags` (None: this machine's), with or
-    without a GPU (None: ask TensorFlow)."""
+def check_use(use: str) -> str:
+    if use not in AUTO_BF16:
+        raise ValueError(f"use={use!r}: one of {', '.join(AUTO_BF16)}")
+    return use
+
+
+def resolve(requested: str, use: str = "inference", flags=None, gpu=None) -> str:
+    """'float32' or 'bfloat16' for PRECISION=`requested` when the network is used for `use` ('inference' |
+    'training') on a CPU with `flags` (None: this machine's), with or without a GPU (None: ask TensorFlow)."""
+    check_use(use)
     if check(requested) != "auto":
         return requested
+    if not AUTO_BF16[use]:
+        return "float32"
     if gpu is None:
         gpu = has_gpu()
     return "bfloat16" if not gpu and native_bf16(flags) else "float32"
 
 
-def describe(requested: str, resolved: str, flags=None) -> str:
-    """One line for the log: what PRECISION became and why."""
+def other(resolved: str) -> str:
+    """The other resolved precision: what `auto` would accept as well (an artifact made on the other kind of CPU)."""
+    return "float32" if resolved == "bfloat16" else "bfloat16"
+
+
+def describe(requested: str, resolved: str, flags=None, use: str = "inference") -> str:
+    """One line for the log: what PRECISION became for `use`, and why."""
     flags = cpu_flags() if flags is None else set(flags)
     native = native_bf16(flags)
     why = (f"this CPU has {'/'.join(f for f in NATIVE_BF16_FLAGS if f in flags)}"
            if native else f"this CPU has no {' or '.join(NATIVE_BF16_FLAGS)}")
-    line = f"precision: PRECISION={requested} -> {resolved} ({why})"
+    if FLAGS_ENV in os.environ:
+        why += f" ({FLAGS_ENV}={os.environ[FLAGS_ENV]})"
+    if requested == "auto" and native and not AUTO_BF16[check_use(use)]:
+        why += f", but bf16 {use} is slower than float32 on this TensorFlow (make bench)"
+    line = f"precision: PRECISION={requested} -> {resolved} for {use} ({why})"
     if resolved == "bfloat16" and not native:
         line += "; bf16 is emulated here: expect no speed-up, only bf16's rounding"
     return line

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache import SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path
+from cache import (SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
+                   stale_reason)
 from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
@@ -43,22 +44,51 @@ class Settings:
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
 
 
-def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "") -> dict:
+def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "", sizes=None) -> dict:
     """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale.
 
-    `resolved`: PRECISION as core.precision.resolve made it (empty: resolve s.precision here)."""
+    `resolved`: PRECISION as core.precision.resolve made it (empty: resolve s.precision here); `sizes`: the inputs'
+    sizes (verify.input_sizes), when already measured."""
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
     aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
-    # Likewise bf16: a float32 cache keeps the fingerprint it had before PRECISION existed (readers: absent = float32).
-    bf16 = {"precision": "bfloat16"} if (resolved or precision.resolve(s.precision)) == "bfloat16" else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
-    return {
+    return with_precision({
         "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
         "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
         "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
-        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
-        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug, **bf16,
-    }
+        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, sizes),
+        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
+    }, resolved or precision.resolve(s.precision, "inference"))
+
+
+def with_precision(config: dict, resolved: str) -> dict:
+    """`config` as a cache made in `resolved` records it. Only bf16 adds a key: a float32 cache keeps the fingerprint
+    it had before PRECISION existed (readers take an absent key as float32)."""
+    out = {k: v for k, v in config.items() if k != "precision"}
+    return {**out, "precision": "bfloat16"} if resolved == "bfloat16" else out
+
+
+def up_to_date(features, config: dict, requested: str, inputs: dict) -> bool:
+    """Whether FEATURES already holds this cache, said in one line either way (stale: what changed).
+
+    PRECISION=auto means "either is fine": a complete cache that matches in everything but its precision is up to
+    date too, so moving between CPUs with and without native bf16 rebuilds nothing (nor, through the cache's
+    fingerprint, the heads and models on it). An explicit PRECISION that differs from the cache's rebuilds it."""
+    fp = fingerprint(config)
+    made_in = config.get("precision", "float32")
+    other = fingerprint(with_precision(config, precision.other(made_in)))
+    state = cache_state(features, fp)
+    if state == "stale" and requested == "auto" and cache_state(features, other) == "up-to-date":
+        print(f"{features}: up to date ({config['n_inputs']} inputs, fingerprint {other[:12]}, made in "
+              f"{precision.other(made_in)}, which PRECISION=auto accepts); nothing to do")
+        return True
+    if state == "up-to-date":
+        print(f"{features}: up to date ({config['n_inputs']} inputs, fingerprint {fp[:12]}); nothing to do")
+    elif state == "stale":
+        print(f"{features}: stale ({stale_reason(features, config, inputs)}); rebuilding")
+    elif state == "unreadable":
+        print(f"{features}: unreadable as HDF5 (damaged?); rebuilding")
+    return state == "up-to-date"
 
 
 def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto") -> dict:
@@ -152,23 +182,17 @@ def extract_features(s: Settings) -> int:
     check_views(s.aug_views, imgs, s.layers)
     split = split_of(imgs, s.val_split, s.seed)
     weights_info = backbone.resolve_weights(s.weights)
-    resolved = precision.resolve(s.precision)
-    config = resolve_config(s, imgs, weights_info, resolved)
+    resolved = precision.resolve(s.precision, "inference")
+    sizes = verify.input_sizes(imgs.root, imgs.paths)
+    config = resolve_config(s, imgs, weights_info, resolved, sizes)
     excluded = []
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
         config.update(identity)
-    fp = fingerprint(config)
-    state = cache_state(s.features, fp)
-    if state == "up-to-date":
-        print(f"{s.features}: up to date ({len(imgs.paths)} inputs, fingerprint {fp[:12]}); nothing to do")
+    if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, sizes))):
         return 0
-    if state == "stale":
-        print(f"{s.features}: stale (configuration or input files changed); rebuilding")
-    elif state == "unreadable":
-        print(f"{s.features}: unreadable as HDF5 (damaged?); rebuilding")
 
-    print(precision.describe(s.precision, resolved))
+    print(precision.describe(s.precision, resolved, use="inference"))
     with precision.building(resolved):
         model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
@@ -180,7 +204,7 @@ def extract_features(s: Settings) -> int:
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
                                         s.aug_views, s.seed, s.batch)
     writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
-                         view_shapes=view_shapes, n_views=s.aug_views)
+                         view_shapes=view_shapes, n_views=s.aug_views, input_sizes=sizes)
     tmp = partial_path(s.features)
     needed = space.cache_bytes(len(imgs.paths), shapes, s.dtype, int((split == SPLIT_TRAIN).sum()), view_shapes,
                                s.aug_views)

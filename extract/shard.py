@@ -26,7 +26,7 @@ import traceback
 
 import numpy as np
 
-from cache import CacheWriter, cache_state, fingerprint
+from cache import CacheWriter, cache_state, fingerprint, stale_reason
 from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manifest, shard_path, shard_ranges,
                           write_front, write_manifest)
 from core import WorkflowError, precision, space
@@ -116,9 +116,11 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
                             f"({len(imgs.paths)}), e.g. SHARDS=2")
     split = split_of(imgs, s.val_split, s.seed)  # once, over all inputs: the local run's split
     weights_info = backbone.resolve_weights(s.weights)
-    resolved = precision.resolve(s.precision)  # here, once: the workers build in it (a worker may lack the GPU)
-    print(precision.describe(s.precision, resolved))
-    config = {**resolve_config(s, imgs, weights_info, resolved), "shards": s.shards}
+    # here, once: the workers build in it (a worker may lack the GPU)
+    resolved = precision.resolve(s.precision, "inference")
+    print(precision.describe(s.precision, resolved, use="inference"))
+    sizes = verify.input_sizes(imgs.root, imgs.paths)
+    config = {**resolve_config(s, imgs, weights_info, resolved, sizes), "shards": s.shards}
     fp = fingerprint(config)
     specs = plan(s, imgs, split, config)
 
@@ -140,7 +142,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
               f"against {manifest_path(s.features)}, fingerprint {fp[:12]}); nothing to do")
         return {"computed": [], "images": 0, "wall_s": 0.0, "loop_s": 0.0, "workers": 0, "results": []}
     if state not in ("missing", "up-to-date"):
-        print(f"{s.features}: {state} (configuration or input files changed); rebuilding from shards")
+        why = stale_reason(s.features, config, dict(zip(imgs.paths, sizes))) if state == "stale" else "damaged?"
+        print(f"{s.features}: {state} ({why}); rebuilding from shards")
     for k, why in todo.items():
         if why != "missing":
             print(f"{shard_path(s.features, k)}: {why}; recomputing it")
@@ -172,7 +175,7 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
     record = provenance(imgs, digests.pop(), COMMAND, s.precision)
     old = set(recorded) - {e["file"] for e in ordered}
     write_manifest(s.features, fp, ordered)
-    summary = write_front(s.features, config, fp, record, ordered)  # last: FEATURES appears only when whole
+    summary = write_front(s.features, config, fp, record, ordered, (imgs.paths, sizes))  # last: FEATURES appears only when whole
     folder = os.path.dirname(os.path.abspath(s.features))
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):

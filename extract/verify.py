@@ -30,9 +30,15 @@ def content_hashes(root, paths, threads=None, desc="hash inputs") -> list:
         return list(tqdm(it, total=len(paths), desc=desc, unit="file", leave=False))
 
 
-def inputs_fingerprint(root, paths, mode: str = "size") -> str:
-    """Fingerprint of the relative paths and sizes under `root`; with mode 'content' also of every file's sha256."""
-    sizes = [(p, os.path.getsize(os.path.join(root, p))) for p in paths]
+def input_sizes(root, paths) -> list:
+    """The size in bytes of every `root/path`, in order."""
+    return [os.path.getsize(os.path.join(root, p)) for p in paths]
+
+
+def inputs_fingerprint(root, paths, mode: str = "size", sizes=None) -> str:
+    """Fingerprint of the relative paths and sizes under `root` (`sizes`: input_sizes, when already measured); with
+    mode 'content' also of every file's sha256."""
+    sizes = list(zip(paths, input_sizes(root, paths) if sizes is None else sizes))
     if mode == "size":
         return fingerprint(sizes)  # the same value as before VERIFY existed: existing caches stay up to date
     assert mode == "content", mode

@@ -69,7 +69,7 @@ def load_model(path, requested: str = ""):
     meta = read_meta(path)
     model = keras.saving.load_model(path, compile=False)
     saved = recorded_precision(meta)
-    used = precision.resolve(requested) if requested else saved
+    used = precision.resolve(requested, "inference") if requested else saved
     if used != saved:
         model = to_precision(model, used)
     return model, {**meta, "precision_used": used}

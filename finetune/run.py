@@ -55,7 +55,7 @@ class Settings:
 
 def precisions(resolved: str, mixed: bool) -> tuple:
     """(the training copy's compute, the exported model's): mixed_float16 trains, exports float32 as before; else
-    PRECISION as core.precision.resolve made it (auto: bfloat16 only on a CPU with native bf16, no GPU) for both."""
+    PRECISION as core.precision.resolve made it for training (auto: float32, see core.precision.AUTO_BF16) for both."""
     return ("mixed_float16", "float32") if mixed else (resolved, resolved)
 
 
@@ -101,9 +101,9 @@ def _run(s: Settings, cache, path) -> int:
     replicas = strategy.num_replicas_in_sync
     train.check_batch(s.batch, replicas)
     mixed = path.mixed_precision(s.mixed_precision, gpus)
-    resolved = precision.resolve(s.precision, gpu=bool(gpus))
+    resolved = precision.resolve(s.precision, "training", gpu=bool(gpus))
     train_in, export_in = precisions(resolved, mixed)
-    print(precision.describe(s.precision, resolved) +
+    print(precision.describe(s.precision, resolved, use="training") +
           (f"; training in {train_in} (MIXED_PRECISION)" if mixed else ""))
     cfg = resolve_config(s, cache, head, path, mixed, len(gpus), replicas, train_in, export_in)
     model_path = os.path.join(s.model_dir, record.MODEL_FILE)

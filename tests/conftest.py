@@ -14,9 +14,11 @@ from extract.synth import make_dataset  # noqa: E402
 IMG = 75  # the smallest input InceptionV3 accepts: fast, and still exercises every layer
 
 
-def extract_args(data, features, *extra):
+def extract_args(data, features, *extra, precision="float32"):
+    """`make features` arguments for the test sets. PRECISION is explicit: these caches are the float32 references
+    that tests compare live float32 models with (auto would pick bfloat16 on a CPU with native bf16)."""
     return ["--data", str(data), "--features", str(features), "--img-size", str(IMG), "--weights", "none",
-            "--batch", "16", *extra]
+            "--batch", "16", "--precision", precision, *extra]
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +35,12 @@ def cache_path(train_dir, tmp_path_factory):
     return build_cache(train_dir, tmp_path_factory.mktemp("cache") / "features.h5")
 
 
-def build_cache(data, path, *extra):
-    """`make features` of `data` into `path` (75 px, WEIGHTS=none, BATCH=16, `extra` flags), in this process."""
+def build_cache(data, path, *extra, precision="float32"):
+    """`make features` of `data` into `path` (75 px, WEIGHTS=none, BATCH=16, PRECISION=`precision`, `extra` flags),
+    in this process."""
     from extract.__main__ import main
 
-    assert main(extract_args(data, path, *extra)) == 0
+    assert main(extract_args(data, path, *extra, precision=precision)) == 0
     return path
 
 

@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from bench.limits import SLOWER_MARGIN
 from conftest import run_module
+from core.precision import resolve
 
 
 @pytest.mark.slow
@@ -35,7 +37,12 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     b = res["bf16"]
     assert b["cache"]["cache_precision"] == "bfloat16" and b["cache"]["feature_error"]["max_abs"] > 0
     assert min(v for v in b["speedup_over_float32"].values() if not isinstance(v, str)) > 0
-    assert 0 <= b["cache"]["head_bfloat16"]["val_accuracy"] <= 1 and b["auto_picks"] in ("float32", "bfloat16")
+    assert 0 <= b["cache"]["head_bfloat16"]["val_accuracy"] <= 1
+    assert b["auto_picks"] == {"inference": resolve("auto", "inference"), "training": "float32"}
+    for stage, st in b["auto_by_stage"].items():  # each stage's choice beside bf16's speed, flagged when slower
+        assert st["auto"] == resolve("auto", st["use"]) and st["bfloat16_speedup"] > 0
+        lost = st["bfloat16_speedup"] if st["auto"] == "float32" else 1 / st["bfloat16_speedup"]
+        assert st["auto_is_slower"] == (lost > SLOWER_MARGIN), stage
     for t in res["targets"].values():
         assert t["value"] > 0 and isinstance(t["met"], bool)
     assert res["rss"]["head_peak_rss_mib_4x"] > 0 and res["rss"]["cache_mib_4x"] > 3 * res["rss"]["cache_mib_1x"]

@@ -33,6 +33,27 @@ def test_temperature_fixes_overconfidence_and_never_raises_log_loss():
     assert np.all(np.isfinite(logit([0.0, 1.0])))
 
 
+def test_temperature_on_a_separable_val_set_stays_1_with_the_reason_and_never_ends_at_its_bound():
+    from classify.calibrate import LOG_T_BOUNDS, describe, fit_temperature
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 47)  # the demo's val size
+    p = np.where(y == 1, rng.uniform(0.7, 0.99, len(y)), rng.uniform(0.01, 0.3, len(y)))  # every row right
+    cal = fit_temperature(y, p)  # plain temperature scaling ran to its bound here: T=0.056, val log loss -> 0.0000
+    assert cal["temperature"] == 1.0 and "misclassified" in cal["reason"]
+    assert cal["val_log_loss_after"] == cal["val_log_loss_before"] > 0
+    assert "T=1 kept (none of the 47 val rows is misclassified" in describe(cal)
+    assert fit_temperature(y[:0], p[:0])["reason"] == "no val rows"
+    assert fit_temperature(np.ones(5), np.full(5, 0.9))["reason"] == "val has one class only"
+    for wrong in (1, 3):  # a few errors: a finite optimum, held near T = 1 by the prior, never at a bound
+        q = p.copy()
+        q[:wrong] = 1 - q[:wrong]
+        cal = fit_temperature(y, q)
+        log_t = np.log(cal["temperature"])
+        assert LOG_T_BOUNDS[0] + 1 < log_t < LOG_T_BOUNDS[1] - 1 and not cal["reason"], cal
+        assert 0 < cal["val_log_loss_after"] < cal["val_log_loss_before"]
+
+
 # -- head kinds -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind,units", [("flatten", 1024), ("flatten", 0), ("pooled", 64), ("pooled", 0)])
 def test_every_kind_folds_the_feature_scale_into_its_first_dense(kind, units):

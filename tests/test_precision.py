@@ -15,30 +15,49 @@ K = 2  # augmented views in the bf16 cache (cached fine-tuning needs them)
 
 
 # -- auto ------------------------------------------------------------------------------------------------------
-def test_auto_picks_bfloat16_only_with_native_bf16_and_never_with_a_gpu():
+def test_auto_picks_bfloat16_for_inference_only_with_native_bf16_and_never_with_a_gpu():
     from core import WorkflowError
     from core.precision import describe, resolve
 
     for flag in ("avx512_bf16", "amx_bf16"):
-        assert resolve("auto", flags=AVX2_ONLY | {flag}, gpu=False) == "bfloat16"
-        assert resolve("auto", flags=AVX2_ONLY | {flag}, gpu=True) == "float32"  # a GPU: MIXED_PRECISION's business
-    assert resolve("auto", flags=AVX2_ONLY, gpu=False) == "float32"
-    assert resolve("auto", flags=set(), gpu=False) == "float32"  # no /proc/cpuinfo (macOS)
-    assert resolve("auto", flags={"avx512bw", "avx512_vnni", "amx_int8"}, gpu=False) == "float32"  # not bf16 flags
-    for asked in ("float32", "bfloat16"):  # explicit choices are taken as they are
-        assert resolve(asked, flags=AVX2_ONLY, gpu=True) == asked
+        assert resolve("auto", "inference", flags=AVX2_ONLY | {flag}, gpu=False) == "bfloat16"
+        assert resolve("auto", "inference", flags=AVX2_ONLY | {flag}, gpu=True) == "float32"  # MIXED_PRECISION's
+        assert resolve("auto", "training", flags=AVX2_ONLY | {flag}, gpu=False) == "float32"  # bf16 trains slower
+    assert resolve("auto", "inference", flags=AVX2_ONLY, gpu=False) == "float32"
+    assert resolve("auto", "inference", flags=set(), gpu=False) == "float32"  # no /proc/cpuinfo (macOS)
+    assert resolve("auto", "inference", flags={"avx512bw", "avx512_vnni", "amx_int8"}, gpu=False) == "float32"
+    for asked in ("float32", "bfloat16"):  # explicit choices are taken as they are, for any use
+        for use in ("inference", "training"):
+            assert resolve(asked, use, flags=AVX2_ONLY, gpu=True) == asked
     with pytest.raises(WorkflowError, match="PRECISION=fp16: choose one of auto, float32, bfloat16"):
         resolve("fp16", flags=AVX2_ONLY, gpu=False)
     assert "emulated" in describe("bfloat16", "bfloat16", flags=AVX2_ONLY)
     assert "has avx512_bf16" in describe("auto", "bfloat16", flags=AVX2_ONLY | {"avx512_bf16"})
+    assert "slower than float32" in describe("auto", "float32", flags={"avx512_bf16"}, use="training")
 
 
 def test_auto_on_this_machine_follows_its_own_cpu_flags():
     from core.precision import cpu_flags, native_bf16, resolve
 
-    flags = cpu_flags()
-    assert resolve("auto", gpu=False) == ("bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32")
+    flags = cpu_flags()  # PRECISION_CPU_FLAGS where set: `make test` plays the other kind of CPU with it
+    assert resolve("auto", "inference", gpu=False) == ("bfloat16" if {"avx512_bf16", "amx_bf16"} & flags
+                                                       else "float32")
     assert native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_precision_cpu_flags_plays_either_kind_of_cpu(monkeypatch):
+    from core.precision import FLAGS_ENV, cpu_flags, describe, resolve
+
+    monkeypatch.setenv(FLAGS_ENV, "avx2,avx512_bf16")
+    assert cpu_flags() == {"avx2", "avx512_bf16"} and resolve("auto", "inference", gpu=False) == "bfloat16"
+    assert f"{FLAGS_ENV}=avx2,avx512_bf16" in describe("auto", "bfloat16")
+    for none in ("none", ""):
+        monkeypatch.setenv(FLAGS_ENV, none)
+        assert cpu_flags() == set() and resolve("auto", "inference", gpu=False) == "float32"
+    assert "avx512_bf16" not in cpu_flags() and cpu_flags("/nonexistent") == set()  # a given file is read as it is
+    monkeypatch.delenv(FLAGS_ENV)
+    real = cpu_flags()
+    assert real == cpu_flags("/proc/cpuinfo") or not os.path.exists("/proc/cpuinfo")
 
 
 # -- the converter ------------------------------------------------------------------------------------------------
@@ -91,7 +110,7 @@ def test_convert_rebuilds_every_layer_in_the_precision_and_copies_the_weights():
 def bf16_cache(train_dir, tmp_path_factory):
     """`make features PRECISION=bfloat16 LAYERS=mixed6,mixed7 AUG_VIEWS=2` of the shared train set."""
     path = tmp_path_factory.mktemp("bf16") / "features.h5"
-    return build_cache(train_dir, path, "--precision", "bfloat16", "--layers", "mixed6,mixed7", "--aug-views", str(K))
+    return build_cache(train_dir, path, "--layers", "mixed6,mixed7", "--aug-views", str(K), precision="bfloat16")
 
 
 def cache_state_for(path, data, **settings):
@@ -104,8 +123,6 @@ def cache_state_for(path, data, **settings):
 
 @pytest.mark.slow
 def test_a_bf16_cache_records_its_precision_and_is_stale_for_float32(bf16_cache, cache_path, train_dir):
-    from core.precision import native_bf16
-
     with open_cache(bf16_cache) as c:
         assert c.precision == "bfloat16" and json.loads(c.f.attrs["config"])["precision"] == "bfloat16"
         assert c.provenance["precision_requested"] == "bfloat16" and c.provenance["cpu_native_bf16"] in (True, False)
@@ -117,8 +134,6 @@ def test_a_bf16_cache_records_its_precision_and_is_stale_for_float32(bf16_cache,
     assert cache_state_for(bf16_cache, train_dir, precision="float32", **views) == "stale"
     assert cache_state_for(cache_path, train_dir, precision="float32") == "up-to-date"
     assert cache_state_for(cache_path, train_dir, precision="bfloat16") == "stale"
-    if not native_bf16():
-        assert cache_state_for(cache_path, train_dir, precision="auto") == "up-to-date"  # auto = float32 here
 
 
 @pytest.mark.slow
@@ -225,3 +240,35 @@ def test_predict_uses_the_models_precision_unless_told(bf16_cache, bf16_head, tr
     p16 = np.array([probs[""][k] for k in probs[""]])
     sure = np.abs(p32 - 0.5) > 0.1
     assert sure.any() and np.array_equal(p16[sure] >= 0.5, p32[sure] >= 0.5)
+
+
+# -- auto means "either is fine" ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_auto_on_a_bf16_cpu_keeps_a_float32_cache_its_head_and_model_and_an_explicit_bf16_rebuilds(
+        cache_path, train_dir, tmp_path):
+    from conftest import extract_args, run_module
+    from core.precision import FLAGS_ENV
+
+    cache = tmp_path / "features.h5"
+    shutil.copy(cache_path, cache)  # made with PRECISION=float32 (conftest)
+    bf16_cpu = {FLAGS_ENV: "avx512_bf16"}
+    auto = [a for a in extract_args(train_dir, cache) if a not in ("--precision", "float32")]
+    r = run_module("extract", *auto, "--precision", "auto", env=bf16_cpu)
+    assert r.returncode == 0 and "made in float32, which PRECISION=auto accepts); nothing to do" in r.stdout, r.stdout
+    head = tmp_path / "head"
+    r = run_module("classify", *head_args(cache, head), env=bf16_cpu)
+    assert r.returncode == 0 and "up to date" not in r.stdout, r.stderr[-2000:]
+    r = run_module("classify", *head_args(cache, head), env=bf16_cpu)
+    assert r.returncode == 0 and f"{head}: up to date" in r.stdout and "baseline:" not in r.stdout, r.stdout
+    r = run_module("classify", *head_args(cache, head, "--epochs", "5"), env=bf16_cpu)  # any change retrains
+    assert r.returncode == 0 and "up to date" not in r.stdout and "baseline:" in r.stdout, r.stdout
+    r = run_module("finetune", "--data", train_dir, "--features", cache, "--head-dir", head, "--model-dir",
+                   tmp_path / "ft", "--batch", "16", "--epochs", "1", "--precision", "auto", env=bf16_cpu)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "PRECISION=auto -> float32 for training" in r.stdout, r.stdout  # the fast one for training there
+    m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert m["config"]["cache_precision"] == "float32" and m["reload_max_abs_diff"] <= 1e-3
+    r = run_module("extract", *auto, "--precision", "bfloat16", env=bf16_cpu)  # explicit and different: rebuilt
+    assert r.returncode == 0 and "stale (precision float32 -> bfloat16); rebuilding" in r.stdout, r.stdout
+    with open_cache(cache) as c:
+        assert c.precision == "bfloat16"
