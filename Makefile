@@ -179,13 +179,16 @@ browser:
 bench: $(STAMP) $(SCALE_STAMP)
 	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) --img-size $(IMG_SIZE) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
 
-## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off
+## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off, then as the other kind of CPU
 # TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another
 # order: the suite must pass both ways, whatever this machine's CPU would pick. Offline: generated images,
-# WEIGHTS=none, 75x75; installs the Ray extra that it tests.
+# WEIGHTS=none, 75x75; installs the Ray extra that it tests. PRECISION=auto follows the CPU's bf16 flags, so the fast
+# tier runs once more as the other kind of CPU: PRECISION_CPU_FLAGS (read by core/precision.py alone) stands in for them.
+OTHER_CPU := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo none || echo avx512_bf16)
 test: $(STAMP) $(SCALE_STAMP)
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -m "not slow"
+	PRECISION_CPU_FLAGS=$(OTHER_CPU) $(PY) -m pytest -m "not slow"
 
 ## test-fast: the edit-test loop: every test not marked slow (a few minutes on 2 cores), with this CPU's oneDNN default
 test-fast: $(STAMP) $(SCALE_STAMP)

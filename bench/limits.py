@@ -74,15 +74,16 @@ STAGE_USE = {"extraction": "inference", "forward": "inference", "cached_finetune
 SLOWER_MARGIN = 1.05  # a choice is flagged when the other precision is this much faster: below it, run-to-run noise
 
 
-def auto_by_stage(speedup: dict) -> dict:
-    """Each stage's PRECISION=auto choice on this CPU beside bf16's measured speed-up over float32, flagged
-    (`auto_is_slower`) where the precision auto did not pick was faster by more than SLOWER_MARGIN."""
+def auto_by_stage(speeds: dict) -> dict:
+    """Each stage's PRECISION=auto choice on this CPU beside both precisions' measured speed (`speeds`: stage ->
+    {"float32": x, "bfloat16": y, "unit": ...}, higher is faster), flagged (`auto_is_slower`) where the precision auto
+    did not pick was faster by more than SLOWER_MARGIN."""
     out = {}
     for stage, use in STAGE_USE.items():
-        pick = resolve("auto", use)
-        lost = speedup[stage] if pick == "float32" else 1 / speedup[stage]  # the other one's speed over auto's
-        out[stage] = {"use": use, "auto": pick, "bfloat16_speedup": speedup[stage],
-                      "auto_is_slower": bool(lost > SLOWER_MARGIN)}
+        pick, sp = resolve("auto", use), speeds[stage]
+        other = "float32" if pick == "bfloat16" else "bfloat16"
+        out[stage] = {**sp, "use": use, "auto": pick, "bfloat16_speedup": sp["bfloat16"] / sp["float32"],
+                      "auto_is_slower": bool(sp[other] > SLOWER_MARGIN * sp[pick])}
     return out
 
 
@@ -91,15 +92,17 @@ def bf16_section(res: dict, cache_figures: dict) -> dict:
     peaks, ext, ft = res["machine_peaks"], res["extraction"], res["cached_finetune"]
     b_ext, b_ft = ext["by_precision"]["bfloat16"], ft["by_precision"]["bfloat16"]
     native = native_bf16()
-    speedup = {"extraction": b_ext["extract_img_s"] / ext["extract_img_s"],
-               "forward": b_ext["forward_img_s"] / ext["forward_img_s"],
-               "cached_finetune_epoch": ft["cached_epoch_s"] / b_ft["cached_epoch_s"],
-               "end_to_end_finetune_epoch": ft["end_to_end_epoch_s"] / b_ft["end_to_end_epoch_s"]}
+    speeds = {stage: {"float32": f32[key] if img else 1 / f32[key], "bfloat16": bf[key] if img else 1 / bf[key],
+                      "unit": "images/s" if img else "epochs/s"}
+              for stage, (f32, bf, key, img) in {
+                  "extraction": (ext, b_ext, "extract_img_s", True), "forward": (ext, b_ext, "forward_img_s", True),
+                  "cached_finetune_epoch": (ft, b_ft, "cached_epoch_s", False),
+                  "end_to_end_finetune_epoch": (ft, b_ft, "end_to_end_epoch_s", False)}.items()}
     out = {"native_bf16": native, "auto_picks": {use: resolve("auto", use) for use in AUTO_BF16},
-           "auto_by_stage": auto_by_stage(speedup),
+           "auto_by_stage": auto_by_stage(speeds),
            "speedup_over_float32": {
-               **speedup, "head_epoch": "n/a: stage 2 trains on the stored float32 features in float32 at any "
-                                        "PRECISION"},
+               **{stage: sp["bfloat16"] / sp["float32"] for stage, sp in speeds.items()},
+               "head_epoch": "n/a: stage 2 trains on the stored float32 features in float32 at any PRECISION"},
            "extract_img_s": b_ext["extract_img_s"], "forward_img_s": b_ext["forward_img_s"],
            "cached_epoch_s": b_ft["cached_epoch_s"], "end_to_end_epoch_s": b_ft["end_to_end_epoch_s"],
            "extraction_roofline_fraction": b_ext["extract_img_s"] / rl.forward_img_s(

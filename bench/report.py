@@ -107,7 +107,8 @@ def limits_rows(res) -> list:
         rows.append(f"| `{stage}_roofline_fraction` | {s['fraction']:.2f}: {what} | reported | |")
     sp = b["speedup_over_float32"]
     c = b["cache"]
-    picks = ", ".join(f"{stage.replace('_', ' ')} {st['bfloat16_speedup']:.2f}x, auto picks {st['auto']}"
+    picks = ", ".join(f"{stage.replace('_', ' ')} {st['float32']:.3g} vs {st['bfloat16']:.3g} {st['unit']} "
+                      f"({st['bfloat16_speedup']:.2f}x), auto picks {st['auto']}"
                       + (" (**the slower one**)" if st["auto_is_slower"] else "")
                       for stage, st in b["auto_by_stage"].items())
     rows.append(f"| bfloat16 over float32 (native bf16 {'yes' if b['native_bf16'] else 'no: emulated'}) | {picks} "

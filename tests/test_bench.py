@@ -40,9 +40,10 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert 0 <= b["cache"]["head_bfloat16"]["val_accuracy"] <= 1
     assert b["auto_picks"] == {"inference": resolve("auto", "inference"), "training": "float32"}
     for stage, st in b["auto_by_stage"].items():  # each stage's choice beside bf16's speed, flagged when slower
-        assert st["auto"] == resolve("auto", st["use"]) and st["bfloat16_speedup"] > 0
-        lost = st["bfloat16_speedup"] if st["auto"] == "float32" else 1 / st["bfloat16_speedup"]
-        assert st["auto_is_slower"] == (lost > SLOWER_MARGIN), stage
+        assert st["auto"] == resolve("auto", st["use"]) and st["float32"] > 0 and st["bfloat16"] > 0
+        assert st["bfloat16_speedup"] == pytest.approx(b["speedup_over_float32"][stage])
+        other = "float32" if st["auto"] == "bfloat16" else "bfloat16"
+        assert st["auto_is_slower"] == (st[other] > SLOWER_MARGIN * st[st["auto"]]), stage
     for t in res["targets"].values():
         assert t["value"] > 0 and isinstance(t["met"], bool)
     assert res["rss"]["head_peak_rss_mib_4x"] > 0 and res["rss"]["cache_mib_4x"] > 3 * res["rss"]["cache_mib_1x"]
