@@ -191,17 +191,15 @@ def _format_version(path) -> int:
         return int(f.attrs["format_version"])
 
 
-def cache_state(path, fps) -> str:
-    """'up-to-date' if a complete cache whose fingerprint is `fps` (a str, or any of a collection) is at `path`; else
-    'missing', 'stale' or 'unreadable'."""
-    accept = {fps} if isinstance(fps, str) else set(fps)
+def cache_state(path, fp: str) -> str:
+    """'up-to-date' if a complete cache with fingerprint `fp` is at `path`; else 'missing', 'stale' or 'unreadable'."""
     if not os.path.exists(path):
         return "missing"
     try:
         with h5py.File(path, "r") as f:
             ok = (f.attrs.get("format") == FORMAT and bool(f.attrs.get("complete", False))
                   and f.attrs.get("format_version") == FORMAT_VERSION)
-            if ok and f.attrs.get("fingerprint") in accept:
+            if ok and f.attrs.get("fingerprint") == fp:
                 check_attrs(f, path)  # damaged attributes: rebuild (damaged data is found by the readers)
                 return "up-to-date"
             return "stale"

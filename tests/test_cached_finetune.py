@@ -88,7 +88,7 @@ def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, 
 
     def state(aug_views=0):
         s = features.Settings(data=str(train_dir), features=str(views_cache), img_size=IMG, layers=("mixed6", "mixed7"),
-                              weights="none", batch=16, aug_views=aug_views)
+                              weights="none", batch=16, aug_views=aug_views, precision="float32")  # as views_cache
         return cache_state(str(views_cache), fingerprint(features.resolve_config(s, imgs, info)))
 
     assert state(K) == "up-to-date"
