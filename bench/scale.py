@@ -30,16 +30,17 @@ from core import space
 from core.files import write_json, write_text
 from core.lock import output_lock
 from core.runs import read_history
-from extract.backbone import FEATURE_LAYER
-from extract.features import Settings as ExtractSettings
+from extract import backbones
+from extract.features import Settings as ExtractSettings, make_plan
 from finetune import run as ft_run, train as ft_train
-from finetune.model import UNFREEZE_FROM
 
 from .scalereport import KAGGLE_TRAIN, kaggle_estimate, markdown
 from .synthcache import layer_shapes, write_synthetic_cache
 from .timing import machine, median, peak_rss_mib, read_history_seconds, run_head_cli
 
-LAYERS = (FEATURE_LAYER, UNFREEZE_FROM)  # the head's layer (the cache's `features`), then cached fine-tuning's
+RECIPE = backbones.get(backbones.DEFAULT)  # the Kaggle-size run measures the default backbone
+FEATURE_LAYER = RECIPE.feature_layer
+LAYERS = (FEATURE_LAYER, RECIPE.cached_cut)  # the head's layer (the cache's `features`), then cached fine-tuning's
 JPEG_BYTES = 40_000  # room per generated ~350x400 JPEG, for the space check
 
 
@@ -163,8 +164,8 @@ def extraction(data, features, img_size: int, batch: int) -> dict:
     from extract.features import extract_features
 
     t0 = time.perf_counter()
-    assert extract_features(ExtractSettings(data=data, features=features, img_size=img_size, weights="none",
-                                            batch=batch)) == 0
+    assert extract_features(make_plan(ExtractSettings(data=data, features=features, img_size=img_size,
+                                                      weights="none", batch=batch))) == 0
     return {"seconds": time.perf_counter() - t0, "disk_bytes": folder_bytes(features)}
 
 

@@ -4,7 +4,7 @@ Reads DATA (any supported layout). Writes FEATURES (layout in README, "The cache
 `<name>.skipped.txt` listing undecodable files with their reasons.
 Example: python -m extract --data data/train --features artifacts/features.h5 --img-size 150 --weights imagenet
 
-`extract_features(Settings(...))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
+`extract_features(make_plan(Settings(...)))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
 (`run_extraction`) inside each Ray worker; extract/stage.py picks between them.
 """
 import json
@@ -19,7 +19,7 @@ from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
 
-from . import backbone, exclude, images, pipeline, verify, views
+from . import backbone, backbones, exclude, images, pipeline, verify, views
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,9 @@ class Settings:
 
     data: str = "data/train"
     features: str = "artifacts/features.h5"
-    img_size: int = 150
-    layers: tuple = (backbone.FEATURE_LAYER,)  # the first is the cache's `features`
+    backbone: str = backbones.DEFAULT  # BACKBONE: a name in extract/backbones.py
+    img_size: int = 0  # 0: the backbone's default
+    layers: tuple = ()  # the first is the cache's `features`; empty: the backbone's feature layer
     weights: str = "imagenet"
     val_split: float = 0.2
     seed: int = 42
@@ -43,21 +44,51 @@ class Settings:
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
 
 
-def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "") -> dict:
-    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale.
+@dataclass(frozen=True)
+class Plan:
+    """One `make features` run, resolved once (make_plan) and handed down: nothing below re-resolves a setting."""
 
-    `resolved`: PRECISION as core.precision.resolve made it (empty: resolve s.precision here)."""
+    settings: Settings
+    spec: backbones.Backbone
+    img_size: int
+    layers: tuple
+    weights_info: dict
+    precision: str  # PRECISION as core.precision.resolve made it
+    imgs: images.ImageSet
+
+    @property
+    def view_layers(self) -> tuple:
+        return views.view_layers(self.spec)
+
+
+def make_plan(s: Settings) -> Plan:
+    """Resolve BACKBONE, IMG_SIZE, LAYERS, WEIGHTS, PRECISION and DATA once; check what can be checked up front."""
+    spec = backbones.get(s.backbone)
+    img_size = s.img_size or spec.default_size
+    backbone.check_img_size(spec, img_size)
+    # LAYERS empty: the feature layer, plus the cut that views and FROM_CACHE=1 read when AUG_VIEWS asks for views.
+    layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
+    imgs = images.discover(s.data)
+    check_views(s.aug_views, imgs, layers, spec)
+    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights), precision.resolve(s.precision),
+                imgs)
+
+
+def resolve_config(plan: Plan) -> dict:
+    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
+    s, imgs = plan.settings, plan.imgs
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
-    aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
+    aug = {"augmentation": views.policy(s.aug_views, s.seed, plan.view_layers)} if s.aug_views else {}
     # Likewise bf16: a float32 cache keeps the fingerprint it had before PRECISION existed (readers: absent = float32).
-    bf16 = {"precision": "bfloat16"} if (resolved or precision.resolve(s.precision)) == "bfloat16" else {}
+    bf16 = {"precision": "bfloat16"} if plan.precision == "bfloat16" else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
+    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint.
     return {
-        "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
-        "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
-        "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
-        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
-        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug, **bf16,
+        "backbone": plan.spec.constructor, "layer": plan.layers[0], "layers": list(plan.layers),
+        "image_size": plan.img_size, "preprocessing": plan.spec.preprocessing_text, "resize": images.RESIZE,
+        "dtype": s.dtype, "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify,
+        "n_inputs": len(imgs.paths), "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
+        "val_split": s.val_split, "split_seed": s.seed, **plan.weights_info, **aug, **bf16,
     }
 
 
@@ -87,17 +118,17 @@ def make_forward(model):
     return tf.function(forward, reduce_retracing=True)
 
 
-def check_views(aug_views: int, imgs: images.ImageSet, layers):
-    """AUG_VIEWS needs labelled data and the view layers among LAYERS."""
+def check_views(aug_views: int, imgs: images.ImageSet, layers, spec):
+    """AUG_VIEWS needs labelled data, a backbone with a cached cut, and the view layers among LAYERS."""
     if aug_views < 0:
         raise WorkflowError(f"AUG_VIEWS={aug_views}: must be >= 0 (0 = no augmented views), e.g. AUG_VIEWS=2")
     if not aug_views:
         return
-    need = [l for l in views.VIEW_LAYERS if l not in layers]
+    need = [l for l in views.view_layers(spec) if l not in layers]
     if need:
-        raise WorkflowError(f"AUG_VIEWS={aug_views}: views are cached at {','.join(views.VIEW_LAYERS)}, which "
-                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS=mixed6,mixed7 "
-                            f"AUG_VIEWS={aug_views}`")
+        raise WorkflowError(f"AUG_VIEWS={aug_views}: views are cached at {','.join(need)}, which "
+                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS={','.join(need)},"
+                            f"{layers[0]} AUG_VIEWS={aug_views}`")
     if not imgs.labelled:
         raise WorkflowError(f"AUG_VIEWS={aug_views}: DATA={imgs.root} is unlabelled, and views are made for "
                             f"train images only; use AUG_VIEWS=0 for it")
@@ -145,15 +176,11 @@ def write_skipped(features, skipped) -> str:
     return path
 
 
-def extract_features(s: Settings) -> int:
-    """`make features` with ENGINE=local: check, then resume, rebuild or say "up to date"; print the summary."""
-    backbone.check_img_size(s.img_size)
-    imgs = images.discover(s.data)
-    check_views(s.aug_views, imgs, s.layers)
+def extract_features(plan: Plan) -> int:
+    """`make features` with ENGINE=local: resume, rebuild or say "up to date"; print the summary."""
+    s, imgs, layers = plan.settings, plan.imgs, list(plan.layers)
     split = split_of(imgs, s.val_split, s.seed)
-    weights_info = backbone.resolve_weights(s.weights)
-    resolved = precision.resolve(s.precision)
-    config = resolve_config(s, imgs, weights_info, resolved)
+    config = resolve_config(plan)
     excluded = []
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
@@ -168,14 +195,15 @@ def extract_features(s: Settings) -> int:
     elif state == "unreadable":
         print(f"{s.features}: unreadable as HDF5 (damaged?); rebuilding")
 
-    print(precision.describe(s.precision, resolved))
-    with precision.building(resolved):
-        model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
-    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
+    print(f"{plan.spec.name} ({plan.spec.constructor}) at {plan.img_size} px, {','.join(layers)}; "
+          + precision.describe(s.precision, plan.precision))
+    with precision.building(plan.precision):
+        model = backbone.build_backbone(plan.spec, plan.img_size, layers, plan.weights_info)
+    shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}
     record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
     view_shapes, extractor = {}, None
     if s.aug_views:
-        view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}
+        view_shapes = {l: shapes[l] for l in plan.view_layers}
         # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
                                         s.aug_views, s.seed, s.batch)
@@ -189,8 +217,8 @@ def extract_features(s: Settings) -> int:
         start = writer.start()
         if start:
             print(f"{s.features}: resuming at input {start}/{len(imgs.paths)}")
-        n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
-                                            s.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
+        n_done, n_skip, dt = run_extraction(make_forward(model), layers, imgs, writer, start,
+                                            plan.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
         if len(excluded):
             exclude.commit_excluded(writer, excluded, s.exclude)
         summary = writer.finalize()

@@ -32,8 +32,8 @@ from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manife
 from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
-from extract import backbone, images, verify
-from extract.features import (Settings, make_forward, provenance, resolve_config, run_extraction, split_of,
+from extract import backbone, backbones, images, verify
+from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, run_extraction, split_of,
                               write_skipped)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,18 +107,17 @@ def plan(s: Settings, imgs, split, config):
     return specs
 
 
-def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
+def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     """Stage 1 with ENGINE=ray: check every shard, recompute the bad ones on Ray, then write manifest and front."""
-    backbone.check_img_size(s.img_size)
-    imgs = images.discover(s.data)
+    s, imgs = run_plan.settings, run_plan.imgs
     if not 1 <= s.shards <= len(imgs.paths):
         raise WorkflowError(f"SHARDS={s.shards}: must be between 1 and the number of images in DATA={s.data} "
                             f"({len(imgs.paths)}), e.g. SHARDS=2")
     split = split_of(imgs, s.val_split, s.seed)  # once, over all inputs: the local run's split
-    weights_info = backbone.resolve_weights(s.weights)
-    resolved = precision.resolve(s.precision)  # here, once: the workers build in it (a worker may lack the GPU)
+    # The plan's precision: the workers build in it (a worker may lack the GPU).
+    weights_info, resolved = run_plan.weights_info, run_plan.precision
     print(precision.describe(s.precision, resolved))
-    config = {**resolve_config(s, imgs, weights_info, resolved), "shards": s.shards}
+    config = {**resolve_config(run_plan), "shards": s.shards}
     fp = fingerprint(config)
     specs = plan(s, imgs, split, config)
 
@@ -150,7 +149,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
         print(f"{s.features}: computing {len(todo)} of {s.shards} shards on Ray")
         job = {"specs": {sp["index"]: sp for sp in specs if sp["index"] in todo}, "root": os.path.abspath(imgs.root),
                "layout": imgs.layout, "paths": list(imgs.paths), "labels": imgs.labels.tolist(),
-               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": s.img_size,
+               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": run_plan.img_size,
+               "backbone": run_plan.spec.name,
                "layers": config["layers"], "weights_info": weights_info, "batch": s.batch, "dtype": s.dtype,
                "precision": resolved, "precision_requested": s.precision}
         results, pool = _compute(job, sorted(todo), workers, cpus_per_worker)
@@ -256,7 +256,8 @@ class ShardWorker:
             tf.config.threading.set_inter_op_parallelism_threads(cpus)
         self.job = job
         with precision.building(job["precision"]):
-            self.model = backbone.build_backbone(job["img_size"], job["layers"], job["weights_info"])
+            self.model = backbone.build_backbone(backbones.get(job["backbone"]), job["img_size"], job["layers"],
+                                                 job["weights_info"])
         self.forward = make_forward(self.model)
         # Trace the graph now (seconds on a CPU), not inside the first shard: shard timings then measure extraction.
         self.forward(np.zeros((job["batch"], job["img_size"], job["img_size"], 3), np.uint8))
@@ -313,7 +314,7 @@ def throughput(data_dir, work_dir, workers: int, img_size: int = 150, batch: int
                         weights="none", batch=batch, engine="ray", shards=workers)
     started = connect(num_cpus=max(os.cpu_count() or 1, workers * cpus_per_worker))
     try:
-        r = run_sharded(settings, workers=workers, cpus_per_worker=cpus_per_worker)
+        r = run_sharded(make_plan(settings), workers=workers, cpus_per_worker=cpus_per_worker)
     finally:
         if started:
             import ray
