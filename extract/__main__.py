@@ -24,6 +24,10 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--features", default="artifacts/features.h5", help="cache file to write (FEATURES)")
     p.add_argument("--backbone", default=backbones.DEFAULT, choices=list(backbones.REGISTRY),
                    help="the network, from extract/backbones.py (BACKBONE)")
+    p.add_argument("--backbones", default="",
+                   help="several in one pass, name[:size],... e.g. inception_v3,xception,resnet50; each image is "
+                        "decoded once at the largest size, and the cache holds their concatenated pooled features "
+                        "(BACKBONES; train it with HEAD=concat)")
     p.add_argument("--img-size", type=int, default=0,
                    help="square input size; 0 or empty: the backbone's default (IMG_SIZE)")
     p.add_argument("--layers", default="",
@@ -53,10 +57,12 @@ def parse_args(argv=None) -> Settings:
         raise WorkflowError(f"BATCH={a.batch}: must be at least 1, e.g. BATCH=32")
     if a.aug_views and a.engine != "local":  # the shard writers store no views (yet)
         raise WorkflowError(f"AUG_VIEWS={a.aug_views}: not available with ENGINE={a.engine}; use ENGINE=local")
+    if a.backbones and a.engine != "local":
+        raise WorkflowError(f"BACKBONES={a.backbones}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     if a.exclude and a.engine != "local":
         raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
-    return Settings(data=a.data, features=a.features, backbone=a.backbone, img_size=a.img_size, layers=layers, weights=a.weights,
+    return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones, img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
                     verify=a.verify, precision=a.precision)

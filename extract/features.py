@@ -19,7 +19,7 @@ from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
 
-from . import backbone, backbones, exclude, images, pipeline, verify, views
+from . import backbone, backbones, ensemble, exclude, images, pipeline, verify, views
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Settings:
     data: str = "data/train"
     features: str = "artifacts/features.h5"
     backbone: str = backbones.DEFAULT  # BACKBONE: a name in extract/backbones.py
+    backbones: str = ""  # BACKBONES=name[:size],...: several in one pass (extract/ensemble.py); wins over BACKBONE
     img_size: int = 0  # 0: the backbone's default
     layers: tuple = ()  # the first is the cache's `features`; empty: the backbone's feature layer
     weights: str = "imagenet"
@@ -49,20 +50,36 @@ class Plan:
     """One `make features` run, resolved once (make_plan) and handed down: nothing below re-resolves a setting."""
 
     settings: Settings
-    spec: backbones.Backbone
-    img_size: int
+    spec: backbones.Backbone | None  # None for an ensemble: see members
+    img_size: int  # the decode size (an ensemble's largest member's)
     layers: tuple
     weights_info: dict
     precision: str  # PRECISION as core.precision.resolve made it
     imgs: images.ImageSet
+    members: tuple = ()  # BACKBONES: ((spec, size), ...)
+    member_weights: tuple = ()  # each member's resolved weights, in order
 
     @property
     def view_layers(self) -> tuple:
         return views.view_layers(self.spec)
 
+    @property
+    def title(self) -> str:
+        if self.members:
+            return "ensemble " + " + ".join(f"{spec.name} at {size} px" for spec, size in self.members)
+        return f"{self.spec.name} ({self.spec.constructor}) at {self.img_size} px, {','.join(self.layers)}"
+
+    def build(self):
+        """The extraction model: the backbone cut at LAYERS, or the ensemble's trunk (extract/ensemble.py)."""
+        if self.members:
+            return ensemble.build_trunk(self.members, self.member_weights)
+        return backbone.build_backbone(self.spec, self.img_size, self.layers, self.weights_info)
+
 
 def make_plan(s: Settings) -> Plan:
     """Resolve BACKBONE, IMG_SIZE, LAYERS, WEIGHTS, PRECISION and DATA once; check what can be checked up front."""
+    if s.backbones:
+        return _ensemble_plan(s)
     spec = backbones.get(s.backbone)
     img_size = s.img_size or spec.default_size
     backbone.check_img_size(spec, img_size)
@@ -74,6 +91,19 @@ def make_plan(s: Settings) -> Plan:
                 imgs)
 
 
+def _ensemble_plan(s: Settings) -> Plan:
+    if s.img_size or s.layers or s.aug_views:
+        raise WorkflowError(f"BACKBONES={s.backbones}: IMG_SIZE, LAYERS and AUG_VIEWS apply to one BACKBONE; give "
+                            f"each member's size as name:size (e.g. BACKBONES=inception_v3:299,resnet50:224) and "
+                            f"leave those empty")
+    members = ensemble.parse(s.backbones)
+    infos = tuple(backbone.resolve_weights(spec, s.weights) for spec, _ in members)
+    imgs = images.discover(s.data)
+    info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
+    return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
+                precision.resolve(s.precision), imgs, members, infos)
+
+
 def resolve_config(plan: Plan) -> dict:
     """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
     s, imgs = plan.settings, plan.imgs
@@ -83,9 +113,14 @@ def resolve_config(plan: Plan) -> dict:
     bf16 = {"precision": "bfloat16"} if plan.precision == "bfloat16" else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
     # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint.
+    if plan.members:
+        model = {"backbone": ensemble.ENSEMBLE, "backbones": ensemble.records(plan.members, plan.member_weights),
+                 "preprocessing": "each member's own, in its branch (backbones)", "pool": ensemble.POOL}
+    else:
+        model = {"backbone": plan.spec.constructor, "preprocessing": plan.spec.preprocessing_text}
     return {
-        "backbone": plan.spec.constructor, "layer": plan.layers[0], "layers": list(plan.layers),
-        "image_size": plan.img_size, "preprocessing": plan.spec.preprocessing_text, "resize": images.RESIZE,
+        **model, "layer": plan.layers[0], "layers": list(plan.layers), "image_size": plan.img_size,
+        "resize": images.RESIZE,
         "dtype": s.dtype, "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify,
         "n_inputs": len(imgs.paths), "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify),
         "val_split": s.val_split, "split_seed": s.seed, **plan.weights_info, **aug, **bf16,
@@ -195,10 +230,9 @@ def extract_features(plan: Plan) -> int:
     elif state == "unreadable":
         print(f"{s.features}: unreadable as HDF5 (damaged?); rebuilding")
 
-    print(f"{plan.spec.name} ({plan.spec.constructor}) at {plan.img_size} px, {','.join(layers)}; "
-          + precision.describe(s.precision, plan.precision))
+    print(f"{plan.title}; " + precision.describe(s.precision, plan.precision))
     with precision.building(plan.precision):
-        model = backbone.build_backbone(plan.spec, plan.img_size, layers, plan.weights_info)
+        model = plan.build()
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}
     record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
     view_shapes, extractor = {}, None

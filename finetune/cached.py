@@ -18,6 +18,7 @@ import numpy as np
 from cache import CacheMismatch
 from classify.data import Feeds
 from core import WorkflowError
+from extract import ensemble
 
 from . import equivalence, model as fm
 from .infer import predict_rows
@@ -98,6 +99,9 @@ class CachedPath:
     name = "cached"
 
     def check_cache(self, cache, unfreeze_from):
+        if ensemble.is_ensemble(cache.config):
+            raise WorkflowError(f"FROM_CACHE=1: {cache.path} is an ensemble cache (BACKBONES), which holds pooled "
+                                f"features only; fine-tune it end to end: FROM_CACHE=0")
         spec = fm.spec_of(cache.config)
         if not spec.cached_cut:
             raise WorkflowError(f"FROM_CACHE=1: {spec.name} has no cut the cached path can use ({spec.no_cut_reason}); "

@@ -8,7 +8,7 @@ from cache import CacheMismatch
 from classify.head import build_head
 from classify.record import HeadMismatch, load_head
 from core import WorkflowError, precision
-from extract import backbone, backbones, images
+from extract import backbone, backbones, ensemble, images
 
 # Fine-tuning rules (keras-io "Transfer learning & fine-tuning"): UNFREEZE_FROM defaults to the registry entry's
 # `unfreeze_from` (extract/backbones.py), the last block before the feature layer: earlier blocks hold generic
@@ -21,7 +21,12 @@ def spec_of(cfg):
 
 
 def unfreeze_from(cfg, requested: str = "") -> str:
-    """UNFREEZE_FROM as given, else the cache's backbone's default."""
+    """UNFREEZE_FROM as given, else the cache's backbone's default; an ensemble trains its head on the images."""
+    if ensemble.is_ensemble(cfg):
+        if requested and requested != ensemble.CONCAT_LAYER:
+            raise WorkflowError(f"UNFREEZE_FROM={requested}: fine-tuning an ensemble's backbones is not built; leave "
+                                f"it empty (the head trains end to end on the images, every backbone frozen)")
+        return ensemble.CONCAT_LAYER
     return requested or spec_of(cfg).unfreeze_from
 
 
@@ -47,24 +52,35 @@ def weights_source(cfg) -> str:
 
 
 def check_recipe(cfg, path):
-    """The cache must describe a registered backbone, its preprocessing and the resize this code implements."""
-    try:
-        spec = spec_of(cfg)
-    except WorkflowError:
-        raise CacheMismatch(f"{path}: backbone={cfg.get('backbone')!r} is not registered here (extract/backbones.py: "
-                            f"{', '.join(b.constructor for b in backbones.REGISTRY.values())}); rerun `make features "
-                            f"FEATURES={path}`") from None
-    ours = {"backbone": spec.constructor, "preprocessing": spec.preprocessing_text, "resize": images.RESIZE}
-    for key, value in ours.items():
-        if cfg.get(key) != value:
-            raise CacheMismatch(f"{path}: {key}={cfg.get(key)!r}, this code implements {value!r}; "
-                                f"rerun `make features FEATURES={path}`")
+    """The cache must describe registered backbones, their preprocessing and the resize this code implements."""
+    members = cfg.get("backbones") if ensemble.is_ensemble(cfg) else [cfg]
+    if cfg.get("resize") != images.RESIZE:
+        raise CacheMismatch(f"{path}: resize={cfg.get('resize')!r}, this code implements {images.RESIZE!r}; "
+                            f"rerun `make features FEATURES={path}`")
+    for member in members:
+        try:
+            spec = spec_of(member)
+        except WorkflowError:
+            raise CacheMismatch(f"{path}: backbone={member.get('backbone')!r} is not registered here "
+                                f"(extract/backbones.py: {', '.join(backbones.REGISTRY)}); rerun `make features "
+                                f"FEATURES={path}`") from None
+        ours = {"backbone": spec.constructor, "preprocessing": spec.preprocessing_text}
+        for key, value in ours.items():
+            if member.get(key) != value:
+                raise CacheMismatch(f"{path}: {key}={member.get(key)!r}, this code implements {value!r}; "
+                                    f"rerun `make features FEATURES={path}`")
 
 
 def resolve_cache_weights(cache) -> dict:
-    """Re-resolve the cache's weights source and prove it is the same file (sha256)."""
+    """Re-resolve the cache's weights source and prove it is the same file (sha256); an ensemble: each member's."""
     cfg = cache.config
-    info = backbone.resolve_weights(spec_of(cfg), weights_source(cfg))
+    if ensemble.is_ensemble(cfg):
+        return {"members": tuple(_same_weights(cache, spec_of(r), r) for r in cfg["backbones"])}
+    return _same_weights(cache, spec_of(cfg), cfg)
+
+
+def _same_weights(cache, spec, cfg) -> dict:
+    info = backbone.resolve_weights(spec, weights_source(cfg))
     if info["weights_sha256"] != cfg["weights_sha256"]:
         raise CacheMismatch(f"{cache.path}: built with weights sha256 {cfg['weights_sha256'][:12]} "
                             f"({cfg['weights']} {cfg['weights_file']}), but {info['weights_file'] or info['weights']} "
@@ -79,12 +95,17 @@ def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache
     """
     import keras
 
-    spec = spec_of(cfg)
-    base = backbone.build_base(spec, cfg["image_size"], weights_info)
+    if ensemble.is_ensemble(cfg):
+        spec, name = None, cfg["backbone"]
+        base = ensemble.build_trunk([(s, size) for s, size, _ in ensemble.members_of(cfg)], weights_info["members"])
+    else:
+        spec = spec_of(cfg)
+        name = spec.name
+        base = backbone.build_base(spec, cfg["image_size"], weights_info)
     if digest is not None:
         got = backbone.weights_digest(backbone.cut(base, cfg["layers"], spec))
         if got != digest:
-            raise CacheMismatch(f"{cache_path}: the rebuilt {spec.constructor} holds other weights than the one "
+            raise CacheMismatch(f"{cache_path}: the rebuilt {cfg['backbone']} holds other weights than the one "
                                 f"that computed the cache (digest {got[:12]} vs {digest[:12]}; Keras or weights "
                                 f"changed?); rerun `make features FEATURES={cache_path}`")
     trunk = backbone.cut(base, [layer], spec)
@@ -96,7 +117,7 @@ def build_full_model(cfg, weights_info, layer, feature_shape, digest=None, cache
         head = build_head(feature_shape, **(head_config or {}))  # the one head builder; weights: copy_head_weights
     # inputs[0], not .input: the applications model keeps its inputs as a one-item list, and a model built on
     # that list warns each time it is called on a plain batch.
-    model = keras.Model(trunk.inputs[0], head(trunk.outputs[0]), name=f"{spec.name}_{layer}_head")
+    model = keras.Model(trunk.inputs[0], head(trunk.outputs[0]), name=f"{name}_{layer}_head")
     return model, trunk
 
 

@@ -171,6 +171,11 @@ def test_every_backbone_end_to_end_at_its_minimum_size(name, tmp_path):
     ft = json.loads((model_dir / "metrics.json").read_text())
     assert ft["reload_max_abs_diff"] <= 1e-3
     assert ft["config"]["unfreeze_from"] == spec.unfreeze_from and ft["config"]["backbone"] == spec.constructor
+    from finetune.record import read_meta
+
+    meta = read_meta(str(model_dir / "model.keras"))["config"]  # workflow.json names what made the model
+    assert (meta["backbone"], meta["image_size"], meta["layer"], meta["weights_sha256"]) == (
+        spec.constructor, spec.min_size, spec.feature_layer, metrics["cache"]["weights_sha256"])
     out = tmp_path / "pred.csv"
     assert _run(predict_main, ["--input", str(test), "--model", str(model_dir / "model.keras"), "--out", str(out),
                                "--precision", "float32"]) == 0
@@ -187,3 +192,52 @@ def test_from_cache_on_a_backbone_without_a_cut_says_so_in_one_line(name, tmp_pa
     with pytest.raises(WorkflowError, match=f"{name} has no cut the cached path can use") as e:
         features.make_plan(s)
     assert "\n" not in str(e.value)
+
+
+ENSEMBLE = "inception_v3:75,xception:71,resnet50:32"  # each at its minimum size: one decode at 75, two resizes
+
+
+@pytest.mark.slow
+def test_ensemble_end_to_end_exported_model_on_raw_images_equals_its_head_on_the_cache(tmp_path):
+    """BACKBONES=inception_v3,xception,resnet50 + HEAD=concat: one cache of concatenated pooled features, the head,
+    `make finetune EPOCHS=1`, and the exported model.keras on raw images == its own head on the cached features."""
+    import keras
+
+    from cache import SPLIT_VAL, open_cache
+    from classify.__main__ import main as head_main
+    from extract.__main__ import main as extract_main
+    from extract.images import load_image
+    from extract.synth import make_dataset
+    from finetune.__main__ import main as finetune_main
+    from finetune.record import load_model, read_meta
+
+    data, features, head_dir, model_dir = tmp_path / "train", tmp_path / "f.h5", tmp_path / "head", tmp_path / "ft"
+    make_dataset(data, n=24, layout="kaggle", seed=3, junk=False)
+    assert _run(extract_main, ["--data", str(data), "--features", str(features), "--backbones", ENSEMBLE,
+                               "--weights", "none", "--batch", "8", "--precision", "float32"]) == 0
+    with open_cache(str(features)) as c:
+        members = c.config["backbones"]
+        assert [(m["name"], m["image_size"], m["layer"]) for m in members] == [
+            ("inception_v3", 75, "mixed7"), ("xception", 71, "block14_sepconv2_act"), ("resnet50", 32, "conv5_block3_out")]
+        assert c.config["image_size"] == 75 and c.feature_shape() == (1, 1, 768 + 2048 + 2048)
+    assert _run(head_main, ["--features", str(features), "--head-dir", str(head_dir), "--epochs", "2", "--batch", "8",
+                            "--head", "concat", "--units", "0", "--dropout", "0.5"]) == 0
+    head_m = json.loads((head_dir / "metrics.json").read_text())
+    assert head_m["config"]["head"]["kind"] == "concat" and head_m["baseline"]["val_accuracy"] is not None
+    assert _run(finetune_main, ["--data", str(data), "--features", str(features), "--head-dir", str(head_dir),
+                                "--model-dir", str(model_dir), "--epochs", "1", "--batch", "8",
+                                "--precision", "float32"]) == 0
+    ft = json.loads((model_dir / "metrics.json").read_text())
+    assert ft["reload_max_abs_diff"] <= 1e-3 and ft["trainable_layers"] == ["concat", "head"]
+    assert [m["name"] for m in read_meta(str(model_dir / "model.keras"))["config"]["backbones"]] == [
+        "inception_v3", "xception", "resnet50"]
+
+    model, _ = load_model(str(model_dir / "model.keras"), "float32")  # a fresh load: the branches, resizes and head all serialised
+    with open_cache(str(features)) as c:
+        rows = c.rows(SPLIT_VAL)
+        x = np.stack([load_image(os.path.join(str(data), c.paths[i]), 75) for i in rows]).astype("float32")
+        cached = c.read(rows)
+    on_images = keras.ops.convert_to_numpy(model(x, training=False)).ravel()
+    on_cache = keras.ops.convert_to_numpy(model.get_layer("head")(cached, training=False)).ravel()
+    np.testing.assert_allclose(on_images, on_cache, atol=1e-3)
+    assert len(rows) >= 4 and np.ptp(on_cache) > 0  # not a constant: the check can tell images apart
