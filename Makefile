@@ -23,6 +23,9 @@ FEATURES ?= artifacts/features.h5
 # the network, from extract/backbones.py (`python -m extract.backbones` lists them); recorded in the cache, which
 # every later stage follows
 BACKBONE ?= inception_v3
+# several in one pass, name[:size],... (e.g. inception_v3,xception,resnet50): their pooled features concatenated;
+# train with HEAD=concat
+BACKBONES ?=
 # empty: the backbone's registered default (`python -m extract.backbones` lists each one's)
 IMG_SIZE ?=
 LAYER ?=
@@ -90,7 +93,7 @@ opt = $(if $(2),$(1) $(2))
 help:
 	@echo "Targets (set variables as make TARGET VAR=value):"
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
-	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) BACKBONE=$(BACKBONE) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
+	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) BACKBONE=$(BACKBONE) BACKBONES=$(BACKBONES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
@@ -135,7 +138,7 @@ demo: $(STAMP)
 
 ## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
-	$(PY) -m extract --data $(DATA) --features $(FEATURES) --backbone $(BACKBONE) $(call opt,--img-size,$(IMG_SIZE)) $(call opt,--layers,$(LAYERS)) \
+	$(PY) -m extract --data $(DATA) --features $(FEATURES) --backbone $(BACKBONE) $(call opt,--backbones,$(BACKBONES)) $(call opt,--img-size,$(IMG_SIZE)) $(call opt,--layers,$(LAYERS)) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
 	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
 
@@ -179,9 +182,10 @@ report: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
+## bench: measure every stage against the recipe it replaces (BENCH_N images), then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
 bench: $(STAMP) $(SCALE_STAMP)
 	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
+	$(if $(SCALE_N),,$(PY) -m bench.backbones --out artifacts/bench_backbones.json --md artifacts/bench_backbones.md)
 
 ## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off
 # TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another
