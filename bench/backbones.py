@@ -51,9 +51,12 @@ def measure(model, size: int, batch: int, repeats: int, peak: float) -> dict:
 
 
 def sizes_of(spec, which) -> list:
-    """The sizes to measure `spec` at: its default and 150 px ("full"), or its minimum ("min", the CI run)."""
+    """The sizes to measure `spec` at: its default and 150 px ("full"), 150 px alone ("recipe"), or its minimum
+    ("min", the CI run)."""
     if which == "min":
         return [spec.min_size]
+    if which == "recipe":
+        return [max(RECIPE_SIZE, spec.min_size)]
     return sorted({spec.default_size, max(RECIPE_SIZE, spec.min_size)})
 
 
@@ -126,8 +129,9 @@ def markdown(res) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.backbones", description=__doc__.splitlines()[0])
     p.add_argument("--names", default=",".join(backbones.REGISTRY), help="backbones, comma-separated (default: all)")
-    p.add_argument("--sizes", default="full", choices=["full", "min"],
-                   help="full: each at its default size and at 150 px; min: each at its minimum size (CI)")
+    p.add_argument("--sizes", default="full", choices=["full", "recipe", "min"],
+                   help="full: each at its default size and at 150 px; recipe: at 150 px only; min: each at its "
+                        "minimum size (CI). The ensemble runs at its members' default sizes (min: minimum sizes)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ensemble", default=ENSEMBLE, help="BACKBONES of the ensemble measured (empty: none)")

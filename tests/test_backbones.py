@@ -241,3 +241,32 @@ def test_ensemble_end_to_end_exported_model_on_raw_images_equals_its_head_on_the
     on_cache = keras.ops.convert_to_numpy(model.get_layer("head")(cached, training=False)).ravel()
     np.testing.assert_allclose(on_images, on_cache, atol=1e-3)
     assert len(rows) >= 4 and np.ptp(on_cache) > 0  # not a constant: the check can tell images apart
+
+
+@pytest.mark.slow
+def test_cached_finetuning_on_another_backbone_cuts_at_its_registered_layer(tmp_path):
+    """FROM_CACHE=1 on xception (whose residual adds have no names): AUG_VIEWS=2 with LAYERS empty caches its
+    feature layer and its cut; the cached block reproduces the head and the export check passes, both <= 1e-3."""
+    from cache import open_cache
+    from classify.__main__ import main as head_main
+    from extract.__main__ import main as extract_main
+    from extract.synth import make_dataset
+    from finetune.__main__ import main as finetune_main
+
+    spec = backbones.get("xception")
+    data, features, head_dir, model_dir = tmp_path / "train", tmp_path / "f.h5", tmp_path / "head", tmp_path / "ft"
+    make_dataset(data, n=24, layout="kaggle", seed=3, junk=False)
+    assert _run(extract_main, ["--data", str(data), "--features", str(features), "--backbone", "xception",
+                               "--img-size", str(spec.min_size), "--weights", "none", "--batch", "8",
+                               "--aug-views", "2", "--precision", "float32"]) == 0
+    with open_cache(str(features)) as c:
+        assert c.layers == [spec.feature_layer, spec.cached_cut] and c.n_views(spec.cached_cut) == 2
+    assert _run(head_main, ["--features", str(features), "--head-dir", str(head_dir), "--epochs", "1",
+                            "--batch", "8", "--head", "pooled", "--units", "0"]) == 0
+    assert _run(finetune_main, ["--data", str(data), "--features", str(features), "--head-dir", str(head_dir),
+                                "--model-dir", str(model_dir), "--epochs", "1", "--batch", "8", "--from-cache", "1",
+                                "--precision", "float32"]) == 0
+    ft = json.loads((model_dir / "metrics.json").read_text())
+    assert ft["config"]["unfreeze_from"] == spec.cached_cut and ft["config"]["path"] == "cached"
+    assert ft["reload_max_abs_diff"] <= 1e-3 and ft["export_check"]["max_abs_diff"] <= 1e-3
+    assert "block14_sepconv2" in ft["trainable_layers"] and "block14_sepconv1" not in ft["trainable_layers"]

@@ -144,7 +144,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     ("empty", ["no images found", "make data ZIP="]),
     ("one_class", ["one class", "add the other class"]),
     ("small", ["at least 75", "IMG_SIZE=150"]),
-    ("layer", ["no such layer", "choose one of mixed0"]),
+    ("layer", ["no such layer in InceptionV3", "its registered layer is mixed7"]),
     ("splits", ["look like splits", "DATA="]),
     ("bad_weights", ["md5 does not match", "WEIGHTS=none"]),
     ("other_weights", ["not loadable as InceptionV3", "WEIGHTS=imagenet"]),
