@@ -46,8 +46,9 @@ def time_forward(model, size: int, batch: int, repeats: int) -> float:
 def measure(model, size: int, batch: int, repeats: int, peak: float) -> dict:
     gflops = step_gflops(model, (size, size, 3), train=False)
     img_s = time_forward(model, size, batch, repeats)
-    return {"size": size, "images_per_s": img_s, "gflops_per_image": gflops,
-            "roofline_images_per_s": forward_img_s(gflops, peak), "roofline_fraction": img_s / forward_img_s(gflops, peak)}
+    roof = forward_img_s(gflops, peak)
+    return {"size": size, "images_per_s": img_s, "gflops_per_image": gflops, "roofline_images_per_s": roof,
+            "roofline_fraction": img_s / roof}
 
 
 def sizes_of(spec, which) -> list:
@@ -74,8 +75,9 @@ def bench_backbones(names, which: str, batch: int, repeats: int, ensemble_names:
                 model = backbone.build_backbone(spec, size, [spec.feature_layer], "none")
             rows.append({**measure(model, size, batch, repeats, peak), "layer": spec.feature_layer,
                          "params": model.count_params()})
-            print(f"{name} at {size} px: {rows[-1]['images_per_s']:.1f} images/s, "
-                  f"{rows[-1]['gflops_per_image']:.2f} GFLOPs/image, {rows[-1]['roofline_fraction']:.2f} of the roofline")
+            r = rows[-1]
+            print(f"{name} at {size} px: {r['images_per_s']:.1f} images/s, {r['gflops_per_image']:.2f} GFLOPs/image, "
+                  f"{r['roofline_fraction']:.2f} of the roofline")
             del model
             keras.backend.clear_session()
         out["backbones"][name] = rows
@@ -112,7 +114,8 @@ def markdown(res) -> str:
     lines = [f"Forward pass only (make_forward on in-memory uint8 batches of {res['batch']}, float32, WEIGHTS=none), "
              f"median of {res['repeats']}; roofline = GFLOPs at this run's float32 GEMM peak "
              f"({res['gemm_gflops_float32']:.0f} GFLOP/s) on {res['machine']['cpu']}, {res['machine']['cores']} cores.",
-             "", "| BACKBONE | px | images/s | GFLOPs/image | roofline images/s | fraction |", "|---|---|---|---|---|---|"]
+             "", "| BACKBONE | px | images/s | GFLOPs/image | roofline images/s | fraction |",
+             "|---|---|---|---|---|---|"]
     for name, rows in res["backbones"].items():
         for r in rows:
             lines.append(f"| {name} | {r['size']} | {r['images_per_s']:.1f} | {r['gflops_per_image']:.2f} | "
@@ -121,8 +124,9 @@ def markdown(res) -> str:
         e = res["ensemble"]
         parts = " + ".join(f"{n} {p['size']} px {p['images_per_s']:.1f}/s" for n, p in e["members"].items())
         lines += ["", f"Ensemble ({parts}): {e['ensemble']['images_per_s']:.1f} images/s, "
-                      f"{e['ensemble_s_per_image'] * 1e3:.1f} ms/image against {e['sum_of_parts_s_per_image'] * 1e3:.1f}"
-                      f" ms/image for the parts one by one ({e['ensemble_over_sum']:.2f}x)."]
+                      f"{e['ensemble_s_per_image'] * 1e3:.1f} ms/image against "
+                      f"{e['sum_of_parts_s_per_image'] * 1e3:.1f} ms/image for the parts one by one "
+                      f"({e['ensemble_over_sum']:.2f}x)."]
     return "\n".join(lines) + "\n"
 
 

@@ -141,14 +141,14 @@ def cached_finetune_epoch(cache_path, run_dir, batch: int, seed: int) -> dict:
     with open_cache(cache_path, need_labels=True) as cache:
         model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), FEATURE_LAYER,
                                            cache.feature_shape(FEATURE_LAYER))
-        cached, _ = build_cached_model(model, trunk, UNFREEZE_FROM)
+        cached, _ = build_cached_model(model, trunk, RECIPE.cached_cut)
         ft_train.compile_for_finetuning(cached, ft_run.DEFAULT_LR, xla=False)  # XLA=0, stage 3's default
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        warm = ViewFeeds(cache, UNFREEZE_FROM, tr[:2 * batch], va[:batch], batch, seed, 1.0, False, pad_last=True)
+        warm = ViewFeeds(cache, RECIPE.cached_cut, tr[:2 * batch], va[:batch], batch, seed, 1.0, False, pad_last=True)
         t0 = time.perf_counter()
         cached.fit(warm.train(), validation_data=warm.val(), epochs=1, verbose=0)  # Keras keeps the traced steps
         trace_s = time.perf_counter() - t0
-        feeds = ViewFeeds(cache, UNFREEZE_FROM, tr, va, batch, seed, 1.0, False, pad_last=True)  # as CachedPath's
+        feeds = ViewFeeds(cache, RECIPE.cached_cut, tr, va, batch, seed, 1.0, False, pad_last=True)  # as CachedPath's
         run = RunState(run_dir, {"bench": "scale", "rows": len(cache)})
         ft_train.fit(cached, feeds.train(), feeds.val(), run, 1, ft_train.PATIENCE, feeds)
         row = run.rows()[0]

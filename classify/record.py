@@ -166,7 +166,8 @@ def check_layer_shape(cache, layer):
     shape = cache.feature_shape(layer)
     if len(shape) != 3:
         raise CacheMismatch(f"{cache.path}: features at layer {layer!r} have shape {shape}, the head needs "
-                            f"(h, w, c) maps; rerun `make features FEATURES={cache.path}` (LAYER empty: the backbone's feature layer)")
+                            f"(h, w, c) maps; rerun `make features FEATURES={cache.path}` (LAYER empty: the "
+                            f"backbone's feature layer)")
     return shape
 
 

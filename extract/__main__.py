@@ -8,7 +8,7 @@ Killed at any moment, the same command resumes from the last committed batch. Wi
 input files it is a quick no-op ("up to date"); any change rebuilds the cache.
 
 With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views of every train image at the
-backbone's cached cut (extract/views.py) for cached fine-tuning: python -m extract --layers mixed6,mixed7 --aug-views 2 ...
+backbone's cached cut (extract/views.py) for cached fine-tuning: python -m extract --aug-views 2 ...
 """
 import argparse
 
@@ -62,7 +62,8 @@ def parse_args(argv=None) -> Settings:
     if a.exclude and a.engine != "local":
         raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
-    return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones, img_size=a.img_size, layers=layers, weights=a.weights,
+    return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones,
+                    img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
                     verify=a.verify, precision=a.precision)

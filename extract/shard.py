@@ -33,7 +33,8 @@ from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
 from extract import backbone, backbones, images, verify
-from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, run_extraction, split_of,
+from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, run_extraction,
+                              split_of,
                               write_skipped)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

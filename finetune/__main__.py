@@ -9,8 +9,8 @@ Killed at any moment, the same command resumes from the last finished epoch (MOD
 inputs and settings as an existing model.keras it is a quick no-op ("up to date").
 
 Two paths write the same model.keras: end to end from the image files (default; on-the-fly augmentation, mixed
-precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from the backbone's cached cut (mixed6 for InceptionV3) and augmented
-views (finetune/cached.py; about a third of the work per step, for CPUs).
+precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from the backbone's cached cut (mixed6 for
+InceptionV3) and augmented views (finetune/cached.py; about a third of the work per step, for CPUs).
 """
 import argparse
 

@@ -52,7 +52,8 @@ def build_cached_model(model, trunk, unfreeze_from: str):
         block = keras.Model(src, trunk.outputs[0], name=f"{unfreeze_from}_to_{cut}")
     except ValueError as e:
         raise WorkflowError(f"UNFREEZE_FROM={unfreeze_from}: the layers after it also read earlier layers, so its "
-                            f"output alone cannot feed them ({str(e)[:80]}); use the backbone's default (UNFREEZE_FROM empty)"
+                            f"output alone cannot feed them ({str(e)[:80]}); use the backbone's default "
+                            f"(UNFREEZE_FROM empty)"
                             ) from None
     inp = keras.Input(tuple(src.shape[1:]), name=f"{unfreeze_from}_features")
     cached = keras.Model(inp, model.get_layer("head")(block(inp)), name=f"{unfreeze_from}_features_{cut}_head")

@@ -30,8 +30,10 @@ def _fixed_inputs(d):
 # inputs above: an InceptionV3 cache made then must still be up to date now.
 BEFORE_REGISTRY = [
     ({}, "0b983b3792da0b65c546863680363944ca35991183d678bb877af74d641fd90f"),
-    ({"layers": ("mixed6", "mixed7"), "aug_views": 2}, "11290a222f06e8b425dbb9aab08f87b1b6d266a032362180314e34a2a66283cb"),
-    ({"img_size": 75, "layers": ("mixed7", "mixed6")}, "6718e9a17e12bf430624b444f31bfc0a8d236c8e3ff82f4b5b0c4081653ba7dc"),
+    ({"layers": ("mixed6", "mixed7"), "aug_views": 2},
+     "11290a222f06e8b425dbb9aab08f87b1b6d266a032362180314e34a2a66283cb"),
+    ({"img_size": 75, "layers": ("mixed7", "mixed6")},
+     "6718e9a17e12bf430624b444f31bfc0a8d236c8e3ff82f4b5b0c4081653ba7dc"),
 ]
 
 
@@ -218,7 +220,8 @@ def test_ensemble_end_to_end_exported_model_on_raw_images_equals_its_head_on_the
     with open_cache(str(features)) as c:
         members = c.config["backbones"]
         assert [(m["name"], m["image_size"], m["layer"]) for m in members] == [
-            ("inception_v3", 75, "mixed7"), ("xception", 71, "block14_sepconv2_act"), ("resnet50", 32, "conv5_block3_out")]
+            ("inception_v3", 75, "mixed7"), ("xception", 71, "block14_sepconv2_act"),
+            ("resnet50", 32, "conv5_block3_out")]
         assert c.config["image_size"] == 75 and c.feature_shape() == (1, 1, 768 + 2048 + 2048)
     assert _run(head_main, ["--features", str(features), "--head-dir", str(head_dir), "--epochs", "2", "--batch", "8",
                             "--head", "concat", "--units", "0", "--dropout", "0.5"]) == 0
@@ -232,7 +235,8 @@ def test_ensemble_end_to_end_exported_model_on_raw_images_equals_its_head_on_the
     assert [m["name"] for m in read_meta(str(model_dir / "model.keras"))["config"]["backbones"]] == [
         "inception_v3", "xception", "resnet50"]
 
-    model, _ = load_model(str(model_dir / "model.keras"), "float32")  # a fresh load: the branches, resizes and head all serialised
+    # a fresh load: the branches, their resizes and the head all serialised
+    model, _ = load_model(str(model_dir / "model.keras"), "float32")
     with open_cache(str(features)) as c:
         rows = c.rows(SPLIT_VAL)
         x = np.stack([load_image(os.path.join(str(data), c.paths[i]), 75) for i in rows]).astype("float32")
@@ -270,3 +274,23 @@ def test_cached_finetuning_on_another_backbone_cuts_at_its_registered_layer(tmp_
     assert ft["config"]["unfreeze_from"] == spec.cached_cut and ft["config"]["path"] == "cached"
     assert ft["reload_max_abs_diff"] <= 1e-3 and ft["export_check"]["max_abs_diff"] <= 1e-3
     assert "block14_sepconv2" in ft["trainable_layers"] and "block14_sepconv1" not in ft["trainable_layers"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if not backbones.get(n).cached_cut])
+def test_finetune_from_cache_without_a_cut_exits_2_in_one_line(name, tmp_path, capsys):
+    from conftest import error_lines
+    from extract.__main__ import main as extract_main
+    from extract.synth import make_dataset
+    from finetune.__main__ import main as finetune_main
+
+    data, features = tmp_path / "train", tmp_path / "f.h5"
+    make_dataset(data, n=8, layout="kaggle", seed=3, junk=False)
+    assert _run(extract_main, ["--data", str(data), "--features", str(features), "--backbone", name, "--img-size",
+                               str(backbones.get(name).min_size), "--weights", "none", "--precision", "float32"]) == 0
+    capsys.readouterr()
+    assert _run(finetune_main, ["--data", str(data), "--features", str(features), "--head-dir", str(tmp_path / "h"),
+                                "--model-dir", str(tmp_path / "m"), "--from-cache", "1", "--precision", "float32"]) == 2
+    err = capsys.readouterr().err
+    assert error_lines(err) == [l for l in err.splitlines() if l.strip()] and len(error_lines(err)) == 1, err
+    assert f"FROM_CACHE=1: {name} has no cut the cached path can use" in err and "FROM_CACHE=0" in err
