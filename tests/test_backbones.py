@@ -235,6 +235,19 @@ def test_ensemble_end_to_end_exported_model_on_raw_images_equals_its_head_on_the
     assert [m["name"] for m in read_meta(str(model_dir / "model.keras"))["config"]["backbones"]] == [
         "inception_v3", "xception", "resnet50"]
 
+    from classify.sweep.__main__ import main as sweep_main
+    from report.__main__ import main as report_main
+
+    # the sweep and the report read the ensemble cache like any other
+    assert _run(sweep_main, ["--features", str(features), "--sweep-dir", str(tmp_path / "sweep"), "--trials", "2",
+                             "--epochs", "1"]) == 0
+    assert (tmp_path / "sweep" / "best" / "metrics.json").exists()
+    assert _run(report_main, ["--features", str(features), "--head-dir", str(head_dir), "--data", str(data),
+                              "--report-dir", str(tmp_path / "report"), "--model-dir", str(model_dir)]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "ensemble" in page and all(f"{n} {s} px {m}" in page for n, s, m in (
+        ("inception_v3", 75, "mixed7"), ("xception", 71, "block14_sepconv2_act"), ("resnet50", 32, "conv5_block3_out")))
+
     # a fresh load: the branches, their resizes and the head all serialised
     model, _ = load_model(str(model_dir / "model.keras"), "float32")
     with open_cache(str(features)) as c:
