@@ -307,3 +307,35 @@ def test_finetune_from_cache_without_a_cut_exits_2_in_one_line(name, tmp_path, c
     err = capsys.readouterr().err
     assert error_lines(err) == [l for l in err.splitlines() if l.strip()] and len(error_lines(err)) == 1, err
     assert f"FROM_CACHE=1: {name} has no cut the cached path can use" in err and "FROM_CACHE=0" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_a_weights_file_loads_into_the_model_with_preprocessing_in_front(name, tmp_path):
+    """WEIGHTS=<file>: the network with our preprocessing layer in front holds the file's weights, and on raw pixels
+    computes what keras.applications computes on `preprocess_input` of them (float32)."""
+    import importlib
+
+    import keras
+
+    spec = backbones.get(name)
+    shape = (spec.min_size, spec.min_size, 3)
+    with _float32():
+        app = getattr(keras.applications, spec.constructor)(include_top=False, weights=None, input_shape=shape)
+        path = str(tmp_path / f"{name}.weights.h5")  # not notop_file: no hash to check, loading is the test
+        app.save_weights(path)
+        base = backbone.build_base(spec, spec.min_size, backbone.resolve_weights(spec, path))
+    ours = [w.numpy() for l in base.layers if l.name != "preprocess" for w in l.weights]
+    theirs = [w.numpy() for l in app.layers for w in l.weights]
+    assert len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+    x = np.random.default_rng(1).integers(0, 256, (2,) + shape).astype("float32")
+    family = importlib.import_module(f"keras.applications.{spec.family}")
+    want = keras.ops.convert_to_numpy(app(family.preprocess_input(x.copy()), training=False))
+    got = keras.ops.convert_to_numpy(base(x, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def _float32():
+    from core.precision import building
+
+    return building("float32")
