@@ -20,8 +20,15 @@ export PYTHONUNBUFFERED := 1
 # --- stage 1: features -------------------------------------------------------------------------------------
 DATA ?= data/train
 FEATURES ?= artifacts/features.h5
-IMG_SIZE ?= 150
-LAYER ?= mixed7
+# the network, from extract/backbones.py (`python -m extract.backbones` lists them); recorded in the cache, which
+# every later stage follows
+BACKBONE ?= inception_v3
+# several in one pass, name[:size],... (e.g. inception_v3,xception,resnet50): their pooled features concatenated;
+# train with HEAD=concat
+BACKBONES ?=
+# empty: the backbone's registered default (`python -m extract.backbones` lists each one's)
+IMG_SIZE ?=
+LAYER ?=
 LAYERS ?= $(LAYER)
 WEIGHTS ?= imagenet
 VAL_SPLIT ?= 0.2
@@ -53,7 +60,7 @@ TIMEOUT ?=
 STORAGE ?=
 # --- stage 3: fine-tuning, prediction ------------------------------------------------------------------------
 MODEL_DIR ?= artifacts/finetune
-UNFREEZE_FROM ?= mixed6
+UNFREEZE_FROM ?=
 MIXED_PRECISION ?= auto
 XLA ?= 0
 FROM_CACHE ?= 0
@@ -86,7 +93,7 @@ opt = $(if $(2),$(1) $(2))
 help:
 	@echo "Targets (set variables as make TARGET VAR=value):"
 	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
-	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
+	@echo "Main variables: DATA=$(DATA) FEATURES=$(FEATURES) BACKBONE=$(BACKBONE) BACKBONES=$(BACKBONES) IMG_SIZE=$(IMG_SIZE) LAYER=$(LAYER) WEIGHTS=$(WEIGHTS)"
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
@@ -120,7 +127,7 @@ data: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m extract.synth --out $(DEMO_DIR)/train --n $(DEMO_N) --layout kaggle --broken 4 --seed 1
 	$(PY) -m extract.synth --out $(DEMO_DIR)/test --n 20 --layout unlabelled --broken 1 --seed 2
-	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75 LAYERS=mixed7,mixed6 AUG_VIEWS=2
+	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75 AUG_VIEWS=2
 	$(MAKE) --no-print-directory head FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head EPOCHS=10
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune-cached EPOCHS=2 FROM_CACHE=1
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
@@ -129,28 +136,28 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory report DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune REPORT_DIR=$(DEMO_ART)/report
 	@echo "demo done: artifacts in $(DEMO_ART)/; open $(DEMO_ART)/report/report.html in a browser"
 
-## features: stage 1, cache InceptionV3 LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
+## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
-	$(PY) -m extract --data $(DATA) --features $(FEATURES) --img-size $(IMG_SIZE) --layers $(LAYERS) \
+	$(PY) -m extract --data $(DATA) --features $(FEATURES) --backbone $(BACKBONE) $(call opt,--backbones,$(BACKBONES)) $(call opt,--img-size,$(IMG_SIZE)) $(call opt,--layers,$(LAYERS)) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
 	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
-	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --layer $(LAYER) --seed $(SEED) \
+	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) $(call opt,--layer,$(LAYER)) --seed $(SEED) \
 	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) --checkpoint-s $(CHECKPOINT_S) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
 ## sweep: search head kinds and settings on FEATURES with Optuna (TRIALS, TIMEOUT=30m, STORAGE=<SQLAlchemy URL>) into SWEEP_DIR; best/ is a HEAD_DIR
 sweep: $(STAMP)
-	$(PY) -m classify.sweep --features $(FEATURES) --sweep-dir $(SWEEP_DIR) --trials $(TRIALS) --layer $(LAYER) \
+	$(PY) -m classify.sweep --features $(FEATURES) --sweep-dir $(SWEEP_DIR) --trials $(TRIALS) $(call opt,--layer,$(LAYER)) \
 	  --seed $(SEED) --mem-budget $(MEM_BUDGET) $(call opt,--timeout,$(TIMEOUT)) $(call opt,--storage,$(STORAGE)) \
 	  $(call opt,--epochs,$(EPOCHS))
 
-## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on cached mixed6)
+## finetune: stage 3, head back on the cache's backbone, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on its cached cut)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
-	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
+	  $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
 	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
 
@@ -175,9 +182,10 @@ report: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## bench: measure every stage against the recipe it replaces (BENCH_N images); writes artifacts/bench.json and bench.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
+## bench: measure every stage against the recipe it replaces (BENCH_N images), then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
 bench: $(STAMP) $(SCALE_STAMP)
-	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) --img-size $(IMG_SIZE) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
+	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
+	$(if $(SCALE_N),,$(PY) -m bench.backbones --out artifacts/bench_backbones.json --md artifacts/bench_backbones.md)
 
 ## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off, then as the other kind of CPU
 # TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another

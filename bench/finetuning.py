@@ -10,7 +10,10 @@ import numpy as np
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core.precision import building
 from core.runs import epoch_clock
-from extract.features import Settings, extract_features
+from extract import backbones
+from extract.features import Settings, extract_features, make_plan
+
+RECIPE = backbones.get(backbones.DEFAULT)  # the default backbone's cached cut and feature layer
 from extract.pipeline import labelled_dataset
 from extract.synth import make_dataset
 
@@ -54,8 +57,9 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
     repeats = max(1, int(repeats))  # epoch 0 (tracing) is never timed: at least one more
     make_dataset(root, n=n_images, layout="kaggle", size=(320, 420), seed=0, junk=False)  # ~350x400, as Kaggle's
     t0 = time.perf_counter()
-    assert extract_features(Settings(data=root, features=path, img_size=img_size, weights="none", batch=batch,
-                                     layers=("mixed6", "mixed7"), aug_views=aug_views)) == 0
+    assert extract_features(make_plan(Settings(data=root, features=path, img_size=img_size, weights="none",
+                                               batch=batch, layers=(RECIPE.cached_cut, RECIPE.feature_layer),
+                                               aug_views=aug_views))) == 0
     extract_s = time.perf_counter() - t0
     with open_cache(path, need_labels=True) as cache:
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
@@ -82,8 +86,8 @@ def _models(cache, precision: str):
     from finetune.cached import build_cached_model
 
     with building(precision):
-        model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), "mixed7",
-                                           cache.feature_shape("mixed7"))
+        model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), cache.layer,
+                                           cache.feature_shape(cache.layer))
     cached, _ = build_cached_model(model, trunk, fm.UNFREEZE_FROM)  # random head: throughput is the same
     return model, cached
 

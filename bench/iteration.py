@@ -61,10 +61,11 @@ def tta_flip_cost(image_root, img_size: int, batch: int, repeats: int = 2) -> di
     after a warm-up), through predict_files on InceptionV3 (WEIGHTS=none) + a pooled head."""
     import keras
 
-    from extract import backbone
+    from extract import backbone, backbones
     from finetune.predictions import list_inputs, predict_files
 
-    trunk = backbone.build_backbone(img_size, ["mixed7"], "none")
+    recipe = backbones.get(backbones.DEFAULT)
+    trunk = backbone.build_backbone(recipe, img_size, [recipe.feature_layer], "none")
     model = keras.Model(trunk.input, build_head(tuple(trunk.output.shape[1:]), "pooled")(trunk.output))
     root, paths = list_inputs(image_root)
     out = {}

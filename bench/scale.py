@@ -30,16 +30,17 @@ from core import space
 from core.files import write_json, write_text
 from core.lock import output_lock
 from core.runs import read_history
-from extract.backbone import FEATURE_LAYER
-from extract.features import Settings as ExtractSettings
+from extract import backbones
+from extract.features import Settings as ExtractSettings, make_plan
 from finetune import run as ft_run, train as ft_train
-from finetune.model import UNFREEZE_FROM
 
 from .scalereport import KAGGLE_TRAIN, kaggle_estimate, markdown
 from .synthcache import layer_shapes, write_synthetic_cache
 from .timing import machine, median, peak_rss_mib, read_history_seconds, run_head_cli
 
-LAYERS = (FEATURE_LAYER, UNFREEZE_FROM)  # the head's layer (the cache's `features`), then cached fine-tuning's
+RECIPE = backbones.get(backbones.DEFAULT)  # the Kaggle-size run measures the default backbone
+FEATURE_LAYER = RECIPE.feature_layer
+LAYERS = (FEATURE_LAYER, RECIPE.cached_cut)  # the head's layer (the cache's `features`), then cached fine-tuning's
 JPEG_BYTES = 40_000  # room per generated ~350x400 JPEG, for the space check
 
 
@@ -140,14 +141,14 @@ def cached_finetune_epoch(cache_path, run_dir, batch: int, seed: int) -> dict:
     with open_cache(cache_path, need_labels=True) as cache:
         model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), FEATURE_LAYER,
                                            cache.feature_shape(FEATURE_LAYER))
-        cached, _ = build_cached_model(model, trunk, UNFREEZE_FROM)
+        cached, _ = build_cached_model(model, trunk, RECIPE.cached_cut)
         ft_train.compile_for_finetuning(cached, ft_run.DEFAULT_LR, xla=False)  # XLA=0, stage 3's default
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        warm = ViewFeeds(cache, UNFREEZE_FROM, tr[:2 * batch], va[:batch], batch, seed, 1.0, False, pad_last=True)
+        warm = ViewFeeds(cache, RECIPE.cached_cut, tr[:2 * batch], va[:batch], batch, seed, 1.0, False, pad_last=True)
         t0 = time.perf_counter()
         cached.fit(warm.train(), validation_data=warm.val(), epochs=1, verbose=0)  # Keras keeps the traced steps
         trace_s = time.perf_counter() - t0
-        feeds = ViewFeeds(cache, UNFREEZE_FROM, tr, va, batch, seed, 1.0, False, pad_last=True)  # as CachedPath's
+        feeds = ViewFeeds(cache, RECIPE.cached_cut, tr, va, batch, seed, 1.0, False, pad_last=True)  # as CachedPath's
         run = RunState(run_dir, {"bench": "scale", "rows": len(cache)})
         ft_train.fit(cached, feeds.train(), feeds.val(), run, 1, ft_train.PATIENCE, feeds)
         row = run.rows()[0]
@@ -163,8 +164,8 @@ def extraction(data, features, img_size: int, batch: int) -> dict:
     from extract.features import extract_features
 
     t0 = time.perf_counter()
-    assert extract_features(ExtractSettings(data=data, features=features, img_size=img_size, weights="none",
-                                            batch=batch)) == 0
+    assert extract_features(make_plan(ExtractSettings(data=data, features=features, img_size=img_size,
+                                                      weights="none", batch=batch))) == 0
     return {"seconds": time.perf_counter() - t0, "disk_bytes": folder_bytes(features)}
 
 

@@ -13,12 +13,15 @@ from classify.stage import DEFAULT_BATCH as HEAD_BATCH
 from core import WorkflowError
 from core.pipeline import fixed_pipeline
 from core.precision import building, feature_error
-from extract import backbone
-from extract.features import Settings, extract_features, make_forward, run_extraction
+from extract import backbone, backbones
+from extract.features import Settings, extract_features, make_forward, make_plan, run_extraction
 from extract.pipeline import image_batches
 
 from .profile import gflops_per_example, step_gflops
 from .timing import EpochTimer, median, run_head_cli
+
+RECIPE = backbones.get(backbones.DEFAULT)  # the stages are measured on the default backbone
+LAYER = RECIPE.feature_layer
 
 
 def bench_extraction(a, imgs, work, precisions=("float32", "bfloat16")) -> dict:
@@ -29,11 +32,11 @@ def bench_extraction(a, imgs, work, precisions=("float32", "bfloat16")) -> dict:
     forwards, gflops = {}, {}
     for p in precisions:
         with building(p):
-            model = backbone.build_backbone(a.img_size, ["mixed7"], "none")
+            model = backbone.build_backbone(RECIPE, a.img_size, [LAYER], "none")
         forwards[p] = make_forward(model)
         forwards[p](x)  # warm-up: tracing is excluded from every figure
         gflops[p] = step_gflops(model, (a.img_size, a.img_size, 3), train=False)
-    shape = {"mixed7": tuple(model.output.shape[1:])}
+    shape = {LAYER: tuple(model.output.shape[1:])}
     n = len(imgs.paths)
     runs = {p: {"bare": [], "piped": [], "seconds": []} for p in precisions}
     for r in range(a.repeats):
@@ -44,10 +47,10 @@ def bench_extraction(a, imgs, work, precisions=("float32", "bfloat16")) -> dict:
                 forward(x)[0].numpy()
             run["bare"].append(n / (time.perf_counter() - t0))
             path = os.path.join(work, f"extract-{p}-{r}.h5")
-            writer = CacheWriter(path, {"layer": "mixed7", "repeat": r, "precision": p}, imgs.paths, imgs.labels,
+            writer = CacheWriter(path, {"layer": LAYER, "repeat": r, "precision": p}, imgs.paths, imgs.labels,
                                  np.zeros(n, np.int8), shape)
             writer.start()
-            done, skipped, dt = run_extraction(forward, ["mixed7"], imgs, writer, 0, a.img_size, a.batch)
+            done, skipped, dt = run_extraction(forward, [LAYER], imgs, writer, 0, a.img_size, a.batch)
             writer.finalize()
             os.remove(path)
             run["piped"].append((done + skipped) / dt)
@@ -63,8 +66,8 @@ def bench_extraction(a, imgs, work, precisions=("float32", "bfloat16")) -> dict:
 
 def build_cache(a, data, path, dtype="float32", precision="float32"):
     """`make features` of the bench's images (WEIGHTS=none) into `path`."""
-    assert extract_features(Settings(data=data, features=path, img_size=a.img_size, weights="none", batch=a.batch,
-                                     dtype=dtype, precision=precision)) == 0
+    assert extract_features(make_plan(Settings(data=data, features=path, img_size=a.img_size, weights="none",
+                                               batch=a.batch, dtype=dtype, precision=precision))) == 0
     return path
 
 
@@ -83,7 +86,7 @@ def bench_recipe_epoch(a, cache_path, epochs):
     with open_cache(cache_path) as c:
         root, shape = c.config["data"], c.feature_shape()
         sets = [([c.paths[i] for i in c.rows(s)], c.labels[c.rows(s)]) for s in (SPLIT_TRAIN, SPLIT_VAL)]
-    trunk = backbone.build_backbone(a.img_size, ["mixed7"], "none")
+    trunk = backbone.build_backbone(RECIPE, a.img_size, [LAYER], "none")
     head = build_head(shape)
     model = keras.Model(trunk.input, head(trunk.output))
     image = (a.img_size, a.img_size, 3)
@@ -141,12 +144,12 @@ def random_cache(path, rows, shape, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, rows).astype(np.int8)
     split = np.where(rng.random(rows) < 0.2, SPLIT_VAL, SPLIT_TRAIN).astype(np.int8)
-    config = {"layer": "mixed7", "layers": ["mixed7"], "class_names": ["cat", "dog"], "rows": rows}
-    w = CacheWriter(path, config, [f"cat.{i}.jpg" for i in range(rows)], labels, split, {"mixed7": shape})
+    config = {"layer": LAYER, "layers": [LAYER], "class_names": ["cat", "dog"], "rows": rows}
+    w = CacheWriter(path, config, [f"cat.{i}.jpg" for i in range(rows)], labels, split, {LAYER: shape})
     w.start()
     for lo in range(0, rows, 500):
         hi = min(rows, lo + 500)
-        w.commit(np.arange(lo, hi), {"mixed7": rng.random((hi - lo,) + shape, np.float32)}, [], hi)
+        w.commit(np.arange(lo, hi), {LAYER: rng.random((hi - lo,) + shape, np.float32)}, [], hi)
     w.finalize()
     return path
 

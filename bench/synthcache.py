@@ -13,10 +13,11 @@ no step of stages 2 and 3 skips zeros.
 import numpy as np
 
 from cache import CacheWriter, fingerprint
-from extract import backbone, images
+from extract import backbone, backbones, images
 
 SIGNAL_CHANNELS = 64  # of 768 at mixed6 and mixed7
 SIGNAL_SHIFT = 0.5  # before the ReLU, +0.5 for class 1 ("dog"), -0.5 for class 0 ("cat")
+RECIPE = backbones.get(backbones.DEFAULT)  # synthetic rows shaped like the default backbone's layers
 CLASS_NAMES = ["cat", "dog"]  # Kaggle's, as stage 1 finds them (extract.images)
 WRITE_ROWS = 256  # rows generated and committed at a time: ~77 MB for two 7x7x768 float32 layers
 
@@ -26,7 +27,7 @@ def layer_shapes(img_size: int, layers) -> tuple:
     WEIGHTS=none (7x7x768 for mixed6 and mixed7 at 150 px)."""
     import keras
 
-    model = backbone.build_backbone(img_size, list(layers), "none")
+    model = backbone.build_backbone(RECIPE, img_size, list(layers), "none")
     outs = model.outputs
     shapes = {l: tuple(int(d) for d in o.shape[1:]) for l, o in zip(layers, outs)}
     n_weights = model.count_params()
@@ -40,10 +41,10 @@ def synthetic_config(n: int, img_size: int, layers, seed: int, val_split: float)
     generator = {"generator": "bench.synthcache", "n": n, "seed": seed, "signal_channels": SIGNAL_CHANNELS,
                  "signal_shift": SIGNAL_SHIFT}
     return {
-        "backbone": backbone.BACKBONE, "layer": layers[0], "layers": list(layers), "image_size": img_size,
-        "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": "float32", "layout": "synthetic",
+        "backbone": RECIPE.constructor, "layer": layers[0], "layers": list(layers), "image_size": img_size,
+        "preprocessing": RECIPE.preprocessing_text, "resize": images.RESIZE, "dtype": "float32", "layout": "synthetic",
         "class_names": CLASS_NAMES, "verify": "none", "n_inputs": n, "inputs_fingerprint": fingerprint(generator),
-        "val_split": val_split, "split_seed": seed, **backbone.resolve_weights("none"),
+        "val_split": val_split, "split_seed": seed, **backbone.resolve_weights(RECIPE, "none"),
         "synthetic": ("bench/synthcache.py: ReLU(N(0,1)) rows with a class shift in the first "
                       f"{SIGNAL_CHANNELS} channels, not features of any image; a bench cache: do not train a real "
                       "model on it"),

@@ -11,7 +11,6 @@ import argparse
 
 from core import cli
 from core.options import add_training
-from extract.backbone import FEATURE_LAYER
 
 from .head import HEAD_DROPOUT, HEAD_KINDS, HEAD_UNITS, head_config
 from .stage import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, Settings, train_head_dir
@@ -22,7 +21,7 @@ def parse_args(argv=None) -> Settings:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--features", default="artifacts/features.h5", help="the stage-1 cache (FEATURES)")
     p.add_argument("--head-dir", default="artifacts/head", help="output folder (HEAD_DIR)")
-    p.add_argument("--layer", default=FEATURE_LAYER, help="cached layer to train on (LAYER); the recipe's is mixed7")
+    p.add_argument("--layer", default="", help="cached layer to train on (LAYER); empty: the cache's own")
     add_training(p, DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_LR, batch_help="examples per step",
                  seed_help="weights init, dropout and shuffling")
     p.add_argument("--head", default="flatten", choices=HEAD_KINDS, help="head kind, see classify/head.py (HEAD)")

@@ -8,10 +8,13 @@ Kinds (HEAD=...):
 - pooled: GlobalAveragePooling2D -> Dropout -> Dense(UNITS, relu) -> Dropout -> Dense(1, sigmoid): 768 inputs
   instead of 3 x 3 x 768 or 7 x 7 x 768, so an epoch costs a fraction; UNITS=0 is a logistic head on the pooled
   features (GAP -> Dropout -> Dense(1)).
+- concat: Flatten -> Dropout -> Dense(1, sigmoid), for an ensemble cache's concatenated pooled features (BACKBONES=,
+  extract/ensemble.py), as the ypwhs/dogs_vs_cats entry did with DROPOUT=0.5; UNITS adds Dense(UNITS, relu) ->
+  Dropout before the output.
 Every layer before the first Dense is linear (Flatten, average pooling, inference-mode Dropout), which is what
 lets classify.train fold the feature scale into that Dense's kernel (`first_dense`).
 """
-HEAD_KINDS = ("flatten", "pooled")
+HEAD_KINDS = ("flatten", "pooled", "concat")
 HEAD_UNITS = 1024
 HEAD_DROPOUT = 0.2
 DEFAULT = {"kind": "flatten", "units": HEAD_UNITS, "dropout": HEAD_DROPOUT}
@@ -47,6 +50,12 @@ def build_head(feature_shape, kind="flatten", units=HEAD_UNITS, dropout=HEAD_DRO
         if cfg["units"]:
             x = keras.layers.Dense(cfg["units"], activation="relu", name="head_dense")(x)
         x = keras.layers.Dropout(cfg["dropout"], name="head_dropout")(x)
+    elif cfg["kind"] == "concat":
+        x = keras.layers.Flatten(name="head_flatten")(inp)
+        x = keras.layers.Dropout(cfg["dropout"], name="head_dropout_in")(x)
+        if cfg["units"]:
+            x = keras.layers.Dense(cfg["units"], activation="relu", name="head_dense")(x)
+            x = keras.layers.Dropout(cfg["dropout"], name="head_dropout")(x)
     else:
         x = keras.layers.GlobalAveragePooling2D(name="head_pool")(inp)
         x = keras.layers.Dropout(cfg["dropout"], name="head_dropout_in")(x)

@@ -61,8 +61,10 @@ def begin(head_dir):
 
 def cache_block(cache, layer) -> dict:
     """metrics.json's `cache` block: the cache the head was trained on (stage 3 refuses any other)."""
+    cfg = cache.config
     return {"path": os.path.abspath(cache.path), "fingerprint": cache.fingerprint, "layer": layer,
-            "feature_shape": list(cache.feature_shape(layer))}
+            "feature_shape": list(cache.feature_shape(layer)), "backbone": cfg.get("backbone"),
+            "image_size": cfg.get("image_size"), "weights_sha256": cfg.get("weights_sha256")}
 
 
 def save_head(head_dir, head):
@@ -172,7 +174,8 @@ def check_layer_shape(cache, layer):
     shape = cache.feature_shape(layer)
     if len(shape) != 3:
         raise CacheMismatch(f"{cache.path}: features at layer {layer!r} have shape {shape}, the head needs "
-                            f"(h, w, c) maps; rerun `make features LAYER=mixed7 FEATURES={cache.path}`")
+                            f"(h, w, c) maps; rerun `make features FEATURES={cache.path}` (LAYER empty: the "
+                            f"backbone's feature layer)")
     return shape
 
 

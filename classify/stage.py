@@ -7,7 +7,7 @@ Killed at any moment, the same command resumes the head from its last finished e
 """
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Settings:
 
     features: str = "artifacts/features.h5"
     head_dir: str = "artifacts/head"
-    layer: str = "mixed7"
+    layer: str = ""  # LAYER; empty: the layer the cache records as its `features` (the backbone's feature layer)
     epochs: int = DEFAULT_EPOCHS
     batch: int = DEFAULT_BATCH
     lr: float = DEFAULT_LR
@@ -129,7 +129,8 @@ def train_head_dir(s: Settings) -> int:
 def train_stage(s: Settings) -> int:
     """The baseline, then the head, then metrics.json; prints the side-by-side table."""
     budget = data.parse_bytes(s.mem_budget)
-    with open_cache(s.features, layer=s.layer, need_labels=True, fix="make features") as cache:
+    with open_cache(s.features, layer=s.layer or None, need_labels=True, fix="make features") as cache:
+        s = replace(s, layer=s.layer or cache.layer)  # resolved once: the cache's own layer unless LAYER is given
         shape = record.check_layer_shape(cache, s.layer)
         # A pooled head sees (1, 1, c): its weights are a rounding error next to a flatten head's.
         maps = shape if s.head == "flatten" else (1, 1, shape[-1])

@@ -1,4 +1,4 @@
-"""Stage 1: run the frozen InceptionV3 once over an image folder and cache its feature maps in one HDF5 file.
+"""Stage 1: run a frozen backbone (BACKBONE) once over an image folder and cache its feature maps in one HDF5 file.
 
 Reads: DATA (any supported layout). Writes: FEATURES (layout in README, "The cache file") and, next to it,
 `<name>.skipped.txt` listing undecodable files with reasons.
@@ -7,13 +7,13 @@ Example: python -m extract --data data/train --features artifacts/features.h5 --
 Killed at any moment, the same command resumes from the last committed batch. With the same configuration and
 input files it is a quick no-op ("up to date"); any change rebuilds the cache.
 
-With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views of every train image at mixed6
-(extract/views.py) for cached fine-tuning: python -m extract --layers mixed6,mixed7 --aug-views 2 ...
+With `--aug-views K` (AUG_VIEWS) it also caches K deterministic augmented views of every train image at the
+backbone's cached cut (extract/views.py) for cached fine-tuning: python -m extract --aug-views 2 ...
 """
 import argparse
 
 from core import WorkflowError, cli, precision
-from extract import backbone, verify, views
+from extract import backbones, verify
 from extract.features import Settings
 from extract.stage import run
 
@@ -22,9 +22,17 @@ def parse_args(argv=None) -> Settings:
     p = argparse.ArgumentParser(prog="python -m extract", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/train", help="image folder (DATA)")
     p.add_argument("--features", default="artifacts/features.h5", help="cache file to write (FEATURES)")
-    p.add_argument("--img-size", type=int, default=150, help="square input size, >= 75 (IMG_SIZE)")
-    p.add_argument("--layers", default=backbone.FEATURE_LAYER,
-                   help="comma-separated layer names to cache in one pass; the first is `features` (LAYER)")
+    p.add_argument("--backbone", default=backbones.DEFAULT, choices=list(backbones.REGISTRY),
+                   help="the network, from extract/backbones.py (BACKBONE)")
+    p.add_argument("--backbones", default="",
+                   help="several in one pass, name[:size],... e.g. inception_v3,xception,resnet50; each image is "
+                        "decoded once at the largest size, and the cache holds their concatenated pooled features "
+                        "(BACKBONES; train it with HEAD=concat)")
+    p.add_argument("--img-size", type=int, default=0,
+                   help="square input size; 0 or empty: the backbone's default (IMG_SIZE)")
+    p.add_argument("--layers", default="",
+                   help="comma-separated layer names to cache in one pass; the first is `features`; empty: the "
+                        "backbone's feature layer (LAYERS)")
     p.add_argument("--weights", default="imagenet", help="imagenet | path/to/weights.h5 | none (WEIGHTS)")
     p.add_argument("--val-split", type=float, default=0.2, help="validation fraction, stratified (VAL_SPLIT)")
     p.add_argument("--seed", type=int, default=42, help="split seed (SEED)")
@@ -34,8 +42,8 @@ def parse_args(argv=None) -> Settings:
                    help="local: one process; ray: shards on Ray workers, RAY_ADDRESS or a local Ray (ENGINE)")
     p.add_argument("--shards", type=int, default=2, help="shard files with --engine ray (SHARDS)")
     p.add_argument("--aug-views", type=int, default=0,
-                   help=f"also cache K augmented views of each train image at {','.join(views.VIEW_LAYERS)} "
-                        f"(AUG_VIEWS; 0 = none)")
+                   help="also cache K augmented views of each train image at the backbone's cached cut "
+                        "(AUG_VIEWS; 0 = none)")
     p.add_argument("--verify", default="size", choices=verify.MODES,
                    help="input identity: relative paths + sizes, or + sha256 of every file (VERIFY)")
     p.add_argument("--precision", default="auto", choices=precision.CHOICES,
@@ -44,17 +52,18 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
                                                  "file, e.g. make report's label_issues.csv (EXCLUDE)")
     a = p.parse_args(argv)
-    layers = tuple(l.strip() for l in a.layers.split(",") if l.strip())
-    if not layers:
-        raise WorkflowError(f"LAYERS={a.layers!r}: name at least one layer, e.g. LAYERS=mixed7")
+    layers = tuple(l.strip() for l in a.layers.split(",") if l.strip())  # empty: the backbone's (extract/features)
     if a.batch < 1:
         raise WorkflowError(f"BATCH={a.batch}: must be at least 1, e.g. BATCH=32")
     if a.aug_views and a.engine != "local":  # the shard writers store no views (yet)
         raise WorkflowError(f"AUG_VIEWS={a.aug_views}: not available with ENGINE={a.engine}; use ENGINE=local")
+    if a.backbones and a.engine != "local":
+        raise WorkflowError(f"BACKBONES={a.backbones}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     if a.exclude and a.engine != "local":
         raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
-    return Settings(data=a.data, features=a.features, img_size=a.img_size, layers=layers, weights=a.weights,
+    return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones,
+                    img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
                     verify=a.verify, precision=a.precision)

@@ -1,109 +1,175 @@
-"""The frozen InceptionV3 backbone, cut at named layers, and where its weights come from.
+"""Build any registered backbone (extract/backbones.py), frozen, cut at named layers, and resolve its weights.
 
 Reads: `WEIGHTS` (imagenet | path to .h5 | none). Writes nothing.
-Example: python -c "from extract.backbone import build_backbone; print(build_backbone(75, ['mixed7'], 'none').outputs)"
+Example: python -c "from extract import backbone, backbones; print(backbone.build_backbone(backbones.get('xception'), 71, ['block14_sepconv2_act'], 'none').outputs)"
 
-The backbone takes raw RGB in [0, 255] at IMG_SIZE x IMG_SIZE and applies the recipe's preprocessing
-(`inception_v3.preprocess_input`, i.e. x / 127.5 - 1) as its first layer, so every model built from it,
-including the fine-tuned `.keras` file, is self-contained.
+The backbone takes raw RGB in [0, 255] at IMG_SIZE x IMG_SIZE and applies its family's preprocessing as its first
+layer (or, for networks that preprocess themselves, none), so every model built from it, including the fine-tuned
+`.keras` file, is self-contained.
 """
+import collections
+import contextlib
 import hashlib
 import os
 
 from core import WorkflowError
 from core.files import file_hash
 
-BACKBONE = "InceptionV3"
-FEATURE_LAYER = "mixed7"  # the recipe's cut: 7x7x768 at 150 px, rich but still spatial
-MIN_IMG_SIZE = 75  # the smallest input keras.applications.InceptionV3 accepts
-PREPROCESSING = "inception_v3.preprocess_input (x / 127.5 - 1), as a Rescaling layer inside the model"
-NOTOP_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-NOTOP_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"  # the hash keras.applications itself checks
-NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + NOTOP_FILE
+from . import backbones
+from .backbones import CAFFE, CAFFE_MEAN_BGR, INCEPTION, SELF, TORCH, TORCH_MEAN, TORCH_STD
+
 INIT_SEED = 1337  # WEIGHTS=none: a fixed seed makes "random" weights rebuildable in stage 3
 
 
-def keras_weights_path() -> str:
+def keras_weights_path(spec) -> str:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(home, "models", NOTOP_FILE)
+    return os.path.join(home, "models", spec.notop_file)
 
 
-def resolve_weights(weights: str) -> dict:
+def how_to_get(spec) -> str:
+    return (f"get it on a machine with internet access (`python -c \"import keras; "
+            f"keras.applications.{spec.constructor}(include_top=False)\"` downloads it, or fetch {spec.url}), "
+            f"then copy it to {keras_weights_path(spec)} or pass WEIGHTS=/path/to/{spec.notop_file}; "
+            f"or use WEIGHTS=none for random weights (tests and the demo)")
+
+
+def resolve_weights(spec, weights: str) -> dict:
     """Turn WEIGHTS into {'weights': source, 'weights_file': path or '', 'weights_sha256': ...}; verify the file."""
-    how_to_get = (f"get it on a machine with internet access (`python -c \"import keras; "
-                  f"keras.applications.InceptionV3(include_top=False)\"` downloads it, or fetch {NOTOP_URL}), "
-                  f"then copy it to {keras_weights_path()} or pass WEIGHTS=/path/to/{NOTOP_FILE}; "
-                  f"or use WEIGHTS=none for random weights (tests and the demo)")
     if weights == "none":
         return {"weights": "none", "weights_file": "", "weights_sha256": f"random-init-seed-{INIT_SEED}"}
     if weights == "imagenet":
-        path = keras_weights_path()
+        path = keras_weights_path(spec)
         if not os.path.exists(path):
-            path = _download_imagenet(how_to_get)
+            path = _download_imagenet(spec)
     else:
         path = os.path.abspath(weights)
         if not os.path.isfile(path):
-            raise WorkflowError(f"WEIGHTS={weights}: no such file; {how_to_get}")
-    if os.path.basename(path) == NOTOP_FILE and file_hash(path, "md5") != NOTOP_MD5:
-        raise WorkflowError(f"{path}: md5 does not match Keras' published {NOTOP_MD5} (truncated or corrupt "
-                            f"download?); delete it and fetch it again: {how_to_get}")
+            raise WorkflowError(f"WEIGHTS={weights}: no such file; {how_to_get(spec)}")
+    if os.path.basename(path) == spec.notop_file and spec.notop_hash:
+        algo = "md5" if len(spec.notop_hash) == 32 else "sha256"  # as keras.utils.get_file tells them apart
+        if file_hash(path, algo) != spec.notop_hash:
+            raise WorkflowError(f"{path}: {algo} does not match Keras' published {spec.notop_hash} for "
+                                f"{spec.constructor} (truncated or corrupt download?); delete it and fetch it again: "
+                                f"{how_to_get(spec)}")
     return {"weights": weights if weights == "imagenet" else "file", "weights_file": path,
             "weights_sha256": file_hash(path, "sha256")}
 
 
-def _download_imagenet(how_to_get) -> str:
+def _download_imagenet(spec) -> str:
     import keras
 
     try:
-        return keras.utils.get_file(NOTOP_FILE, NOTOP_URL, cache_subdir="models", file_hash=NOTOP_MD5)
+        return keras.utils.get_file(spec.notop_file, spec.url, cache_subdir="models",
+                                    file_hash=spec.notop_hash or None)
     except Exception as e:  # offline: urllib raises several types; all mean the same to the user
-        raise WorkflowError(f"WEIGHTS=imagenet: {NOTOP_FILE} is not in {os.path.dirname(keras_weights_path())} "
-                            f"and cannot be downloaded ({str(e)[:100] or type(e).__name__}); {how_to_get}") from None
+        raise WorkflowError(f"WEIGHTS=imagenet: {spec.notop_file} is not in {os.path.dirname(keras_weights_path(spec))}"
+                            f" and cannot be downloaded ({str(e)[:100] or type(e).__name__}); {how_to_get(spec)}"
+                            ) from None
 
 
-def check_img_size(img_size: int):
-    if img_size < MIN_IMG_SIZE:
-        raise WorkflowError(f"IMG_SIZE={img_size}: InceptionV3 needs at least {MIN_IMG_SIZE} pixels; "
-                            f"use IMG_SIZE=150 (the recipe) or IMG_SIZE=75 (fast tests)")
+def check_img_size(spec, img_size: int):
+    if img_size < spec.min_size:
+        raise WorkflowError(f"IMG_SIZE={img_size}: {spec.constructor} needs at least {spec.min_size} pixels; "
+                            f"use IMG_SIZE={spec.default_size} (its default) or IMG_SIZE={spec.min_size} (fast tests)")
 
 
-def build_inception(img_size: int, weights_info: dict):
-    """The whole frozen InceptionV3 (no top) with preprocessing inside; weights as resolved by resolve_weights."""
+@contextlib.contextmanager
+def fresh_names():
+    """Build inside a fresh Keras name scope: unnamed layers get the same numbers (`add_11`) in every process.
+
+    Afterwards each counter continues past both scopes, so later layers never reuse a name built here."""
+    from keras.src.backend.common import global_state
+
+    old = global_state.get_global_attribute("object_name_uids") or collections.defaultdict(int)
+    fresh = collections.defaultdict(int)
+    global_state.set_global_attribute("object_name_uids", fresh)
+    try:
+        yield
+    finally:
+        merged = collections.defaultdict(int, old)
+        for k, v in fresh.items():
+            merged[k] = max(merged[k], v)
+        global_state.set_global_attribute("object_name_uids", merged)
+
+
+def preprocess_layer(spec):
+    """The family's `preprocess_input` as one serialisable Keras layer named `preprocess`, or None (SELF)."""
+    import keras
+    import numpy as np
+
+    if spec.preprocessing == INCEPTION:
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if spec.preprocessing == CAFFE:
+        # RGB -> BGR and the mean in one fixed affine map; float32 so the mean is not rounded to bf16's 8 bits.
+        flip = np.eye(3, dtype=np.float32)[::-1]
+        return keras.layers.Dense(3, name="preprocess", dtype="float32", trainable=False,
+                                  kernel_initializer=keras.initializers.Constant(flip),
+                                  bias_initializer=keras.initializers.Constant(-np.array(CAFFE_MEAN_BGR)))
+    if spec.preprocessing == TORCH:
+        # (x - 255 m) / (255 s) == (x / 255 - m) / s; Normalization with given statistics holds no weights.
+        return keras.layers.Normalization(mean=[255 * m for m in TORCH_MEAN],
+                                          variance=[(255 * s) ** 2 for s in TORCH_STD], name="preprocess")
+    assert spec.preprocessing == SELF, spec.preprocessing
+    return None
+
+
+def _constructor(spec):
     import keras
 
-    check_img_size(img_size)
+    return getattr(keras.applications, spec.constructor)
+
+
+def build_base(spec, img_size: int, weights_info: dict):
+    """The whole frozen network (no top) with preprocessing inside; weights as resolved by resolve_weights."""
+    import keras
+
+    check_img_size(spec, img_size)
     if weights_info["weights"] == "none":
         keras.utils.set_random_seed(INIT_SEED)
-    inp = keras.Input((img_size, img_size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inp)
-    weights = None if weights_info["weights"] == "none" else weights_info["weights_file"]
-    try:
-        base = keras.applications.InceptionV3(include_top=False, weights=weights, input_tensor=x)
-    except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model
-        raise WorkflowError(f"WEIGHTS={weights}: not loadable as InceptionV3 no-top weights ({str(e)[:120]}); "
-                            f"pass {NOTOP_FILE} (Keras' published file), or WEIGHTS=imagenet") from None
+    with fresh_names():
+        inp = keras.Input((img_size, img_size, 3), name="image")
+        prep = preprocess_layer(spec)
+        x = inp if prep is None else prep(inp)
+        base = _constructor(spec)(include_top=False, weights=None, input_tensor=x)
+        if weights_info["weights"] != "none":
+            _load_weights(spec, base, img_size, weights_info["weights_file"])
     base.trainable = False
     return base
 
 
-def cut(base, layers):
+def _load_weights(spec, base, img_size, path):
+    """Keras loads an .h5 into the network as its constructor builds it; ours has the preprocessing layer in front,
+    which may hold weights (caffe), so the file goes into a plain copy and its weights over, layer by layer."""
+    try:
+        ref = _constructor(spec)(include_top=False, weights=path, input_shape=(img_size, img_size, 3))
+    except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model
+        raise WorkflowError(f"WEIGHTS={path}: not loadable as {spec.constructor} no-top weights ({str(e)[:120]}); "
+                            f"pass {spec.notop_file} (Keras' published file), or WEIGHTS=imagenet") from None
+    ours = [l for l in base.layers if l.weights and l.name != "preprocess"]
+    theirs = [l for l in ref.layers if l.weights]
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    for dst, src in zip(ours, theirs):
+        dst.set_weights(src.get_weights())
+
+
+def cut(base, layers, spec=None):
     """The sub-network of `base` from its input to the named layers (one output per name, in order)."""
     import keras
 
-    names = {l.name for l in base.layers}
+    names = [l.name for l in base.layers]
     missing = [l for l in layers if l not in names]
     if missing:
-        mixed = sorted(n for n in names if n.startswith("mixed"))
-        raise WorkflowError(f"LAYER={','.join(missing)}: no such layer in {BACKBONE}; choose one of "
-                            f"{', '.join(mixed)} (or any layer name from model.summary())")
+        hint = f"its registered layer is {spec.feature_layer}, the last is {names[-1]}" if spec else f"e.g. {names[-1]}"
+        raise WorkflowError(f"LAYER={','.join(missing)}: no such layer in {spec.constructor if spec else base.name}; "
+                            f"{hint} (or any layer name from model.summary())")
     outs = [base.get_layer(l).output for l in layers]
-    return keras.Model(base.input, outs if len(outs) > 1 else outs[0], name=f"inception_v3_to_{layers[-1]}")
+    return keras.Model(base.input, outs if len(outs) > 1 else outs[0], name=f"{base.name}_to_{layers[-1]}")
 
 
-def build_backbone(img_size: int, layers, weights: str | dict):
-    """Frozen InceptionV3 cut at `layers`, in inference mode; `weights` as for WEIGHTS or already resolved."""
-    info = resolve_weights(weights) if isinstance(weights, str) else weights
-    model = cut(build_inception(img_size, info), list(layers))
+def build_backbone(spec, img_size: int, layers, weights: str | dict):
+    """Frozen `spec` cut at `layers`, in inference mode; `weights` as for WEIGHTS or already resolved."""
+    info = resolve_weights(spec, weights) if isinstance(weights, str) else weights
+    model = cut(build_base(spec, img_size, info), list(layers), spec)
     model.trainable = False
     return model
 

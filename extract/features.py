@@ -4,7 +4,7 @@ Reads DATA (any supported layout). Writes FEATURES (layout in README, "The cache
 `<name>.skipped.txt` listing undecodable files with their reasons.
 Example: python -m extract --data data/train --features artifacts/features.h5 --img-size 150 --weights imagenet
 
-`extract_features(Settings(...))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
+`extract_features(make_plan(Settings(...)))` is `make features` with ENGINE=local; extract/shard.py runs the same loop
 (`run_extraction`) inside each Ray worker; extract/stage.py picks between them.
 """
 import json
@@ -20,7 +20,7 @@ from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
 
-from . import backbone, exclude, images, pipeline, verify, views
+from . import backbone, backbones, ensemble, exclude, images, pipeline, verify, views
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class Settings:
 
     data: str = "data/train"
     features: str = "artifacts/features.h5"
-    img_size: int = 150
-    layers: tuple = (backbone.FEATURE_LAYER,)  # the first is the cache's `features`
+    backbone: str = backbones.DEFAULT  # BACKBONE: a name in extract/backbones.py
+    backbones: str = ""  # BACKBONES=name[:size],...: several in one pass (extract/ensemble.py); wins over BACKBONE
+    img_size: int = 0  # 0: the backbone's default
+    layers: tuple = ()  # the first is the cache's `features`; empty: the backbone's feature layer
     weights: str = "imagenet"
     val_split: float = 0.2
     seed: int = 42
@@ -44,21 +46,87 @@ class Settings:
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
 
 
-def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "", sizes=None) -> dict:
-    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale.
+@dataclass(frozen=True)
+class Plan:
+    """One `make features` run, resolved once (make_plan) and handed down: nothing below re-resolves a setting."""
 
-    `resolved`: PRECISION as core.precision.resolve made it (empty: resolve s.precision here); `sizes`: the inputs'
-    sizes (verify.input_sizes), when already measured."""
+    settings: Settings
+    spec: backbones.Backbone | None  # None for an ensemble: see members
+    img_size: int  # the decode size (an ensemble's largest member's)
+    layers: tuple
+    weights_info: dict
+    precision: str  # PRECISION as core.precision.resolve made it
+    imgs: images.ImageSet
+    sizes: tuple = ()  # each input's bytes (verify.input_sizes): its identity, and what a stale cache's line counts
+    members: tuple = ()  # BACKBONES: ((spec, size), ...)
+    member_weights: tuple = ()  # each member's resolved weights, in order
+
+    @property
+    def view_layers(self) -> tuple:
+        return views.view_layers(self.spec)
+
+    @property
+    def title(self) -> str:
+        if self.members:
+            return "ensemble " + " + ".join(f"{spec.name} at {size} px" for spec, size in self.members)
+        return f"{self.spec.name} ({self.spec.constructor}) at {self.img_size} px, {','.join(self.layers)}"
+
+    def build(self):
+        """The extraction model: the backbone cut at LAYERS, or the ensemble's trunk (extract/ensemble.py)."""
+        if self.members:
+            return ensemble.build_trunk(self.members, self.member_weights)
+        return backbone.build_backbone(self.spec, self.img_size, self.layers, self.weights_info)
+
+
+def make_plan(s: Settings) -> Plan:
+    """Resolve BACKBONE, IMG_SIZE, LAYERS, WEIGHTS, PRECISION and DATA once; check what can be checked up front."""
+    if s.backbones:
+        return _ensemble_plan(s)
+    spec = backbones.get(s.backbone)
+    img_size = s.img_size or spec.default_size
+    backbone.check_img_size(spec, img_size)
+    # LAYERS empty: the feature layer, plus the cut that views and FROM_CACHE=1 read when AUG_VIEWS asks for views.
+    layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
+    imgs = images.discover(s.data)
+    check_views(s.aug_views, imgs, layers, spec)
+    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights),
+                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)))
+
+
+def _ensemble_plan(s: Settings) -> Plan:
+    if s.img_size or s.layers or s.aug_views:
+        raise WorkflowError(f"BACKBONES={s.backbones}: IMG_SIZE, LAYERS and AUG_VIEWS apply to one BACKBONE; give "
+                            f"each member's size as name:size (e.g. BACKBONES=inception_v3:299,resnet50:224) and "
+                            f"leave those empty")
+    members = ensemble.parse(s.backbones)
+    infos = tuple(backbone.resolve_weights(spec, s.weights) for spec, _ in members)
+    imgs = images.discover(s.data)
+    info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
+    return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
+                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)),
+                members, infos)
+
+
+def resolve_config(plan: Plan) -> dict:
+    """Everything that determines the cache's content; its fingerprint decides up-to-date vs stale."""
+    s, imgs = plan.settings, plan.imgs
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
-    aug = {"augmentation": views.policy(s.aug_views, s.seed)} if s.aug_views else {}
+    aug = {"augmentation": views.policy(s.aug_views, s.seed, plan.view_layers)} if s.aug_views else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
+    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint.
+    if plan.members:
+        model = {"backbone": ensemble.ENSEMBLE, "backbones": ensemble.records(plan.members, plan.member_weights),
+                 "preprocessing": "each member's own, in its branch (backbones)", "pool": ensemble.POOL}
+    else:
+        model = {"backbone": plan.spec.constructor, "preprocessing": plan.spec.preprocessing_text}
     return with_precision({
-        "backbone": backbone.BACKBONE, "layer": s.layers[0], "layers": list(s.layers), "image_size": s.img_size,
-        "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
-        "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
-        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, sizes),
-        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
-    }, resolved or precision.resolve(s.precision, "inference"))
+        **model, "layer": plan.layers[0], "layers": list(plan.layers), "image_size": plan.img_size,
+        "resize": images.RESIZE,
+        "dtype": s.dtype, "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify,
+        "n_inputs": len(imgs.paths),
+        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, plan.sizes or None),
+        "val_split": s.val_split, "split_seed": s.seed, **plan.weights_info, **aug,
+    }, plan.precision)
 
 
 def with_precision(config: dict, resolved: str) -> dict:
@@ -117,17 +185,17 @@ def make_forward(model):
     return tf.function(forward, reduce_retracing=True)
 
 
-def check_views(aug_views: int, imgs: images.ImageSet, layers):
-    """AUG_VIEWS needs labelled data and the view layers among LAYERS."""
+def check_views(aug_views: int, imgs: images.ImageSet, layers, spec):
+    """AUG_VIEWS needs labelled data, a backbone with a cached cut, and the view layers among LAYERS."""
     if aug_views < 0:
         raise WorkflowError(f"AUG_VIEWS={aug_views}: must be >= 0 (0 = no augmented views), e.g. AUG_VIEWS=2")
     if not aug_views:
         return
-    need = [l for l in views.VIEW_LAYERS if l not in layers]
+    need = [l for l in views.view_layers(spec) if l not in layers]
     if need:
-        raise WorkflowError(f"AUG_VIEWS={aug_views}: views are cached at {','.join(views.VIEW_LAYERS)}, which "
-                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS=mixed6,mixed7 "
-                            f"AUG_VIEWS={aug_views}`")
+        raise WorkflowError(f"AUG_VIEWS={aug_views}: views are cached at {','.join(need)}, which "
+                            f"LAYERS={','.join(layers)} leaves out; use `make features LAYERS={','.join(need)},"
+                            f"{layers[0]} AUG_VIEWS={aug_views}`")
     if not imgs.labelled:
         raise WorkflowError(f"AUG_VIEWS={aug_views}: DATA={imgs.root} is unlabelled, and views are made for "
                             f"train images only; use AUG_VIEWS=0 for it")
@@ -175,36 +243,31 @@ def write_skipped(features, skipped) -> str:
     return path
 
 
-def extract_features(s: Settings) -> int:
-    """`make features` with ENGINE=local: check, then resume, rebuild or say "up to date"; print the summary."""
-    backbone.check_img_size(s.img_size)
-    imgs = images.discover(s.data)
-    check_views(s.aug_views, imgs, s.layers)
+def extract_features(plan: Plan) -> int:
+    """`make features` with ENGINE=local: resume, rebuild or say "up to date"; print the summary."""
+    s, imgs, layers = plan.settings, plan.imgs, list(plan.layers)
     split = split_of(imgs, s.val_split, s.seed)
-    weights_info = backbone.resolve_weights(s.weights)
-    resolved = precision.resolve(s.precision, "inference")
-    sizes = verify.input_sizes(imgs.root, imgs.paths)
-    config = resolve_config(s, imgs, weights_info, resolved, sizes)
+    config = resolve_config(plan)
     excluded = []
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
         config.update(identity)
-    if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, sizes))):
+    if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         return 0
 
-    print(precision.describe(s.precision, resolved, use="inference"))
-    with precision.building(resolved):
-        model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
-    shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
+    print(f"{plan.title}; " + precision.describe(s.precision, plan.precision, use="inference"))
+    with precision.building(plan.precision):
+        model = plan.build()
+    shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}
     record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
     view_shapes, extractor = {}, None
     if s.aug_views:
-        view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}
+        view_shapes = {l: shapes[l] for l in plan.view_layers}
         # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
                                         s.aug_views, s.seed, s.batch)
     writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
-                         view_shapes=view_shapes, n_views=s.aug_views, input_sizes=sizes)
+                         view_shapes=view_shapes, n_views=s.aug_views, input_sizes=plan.sizes)
     tmp = partial_path(s.features)
     needed = space.cache_bytes(len(imgs.paths), shapes, s.dtype, int((split == SPLIT_TRAIN).sum()), view_shapes,
                                s.aug_views)
@@ -213,8 +276,8 @@ def extract_features(s: Settings) -> int:
         start = writer.start()
         if start:
             print(f"{s.features}: resuming at input {start}/{len(imgs.paths)}")
-        n_done, n_skip, dt = run_extraction(make_forward(model), config["layers"], imgs, writer, start,
-                                            s.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
+        n_done, n_skip, dt = run_extraction(make_forward(model), layers, imgs, writer, start,
+                                            plan.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
         if len(excluded):
             exclude.commit_excluded(writer, excluded, s.exclude)
         summary = writer.finalize()

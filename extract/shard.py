@@ -32,8 +32,9 @@ from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manife
 from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
-from extract import backbone, images, verify
-from extract.features import (Settings, make_forward, provenance, resolve_config, run_extraction, split_of,
+from extract import backbone, backbones, images, verify
+from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, run_extraction,
+                              split_of,
                               write_skipped)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,20 +108,17 @@ def plan(s: Settings, imgs, split, config):
     return specs
 
 
-def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
+def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     """Stage 1 with ENGINE=ray: check every shard, recompute the bad ones on Ray, then write manifest and front."""
-    backbone.check_img_size(s.img_size)
-    imgs = images.discover(s.data)
+    s, imgs = run_plan.settings, run_plan.imgs
     if not 1 <= s.shards <= len(imgs.paths):
         raise WorkflowError(f"SHARDS={s.shards}: must be between 1 and the number of images in DATA={s.data} "
                             f"({len(imgs.paths)}), e.g. SHARDS=2")
     split = split_of(imgs, s.val_split, s.seed)  # once, over all inputs: the local run's split
-    weights_info = backbone.resolve_weights(s.weights)
-    # here, once: the workers build in it (a worker may lack the GPU)
-    resolved = precision.resolve(s.precision, "inference")
+    # The plan's precision: the workers build in it (a worker may lack the GPU).
+    weights_info, resolved = run_plan.weights_info, run_plan.precision
     print(precision.describe(s.precision, resolved, use="inference"))
-    sizes = verify.input_sizes(imgs.root, imgs.paths)
-    config = {**resolve_config(s, imgs, weights_info, resolved, sizes), "shards": s.shards}
+    config = {**resolve_config(run_plan), "shards": s.shards}
     fp = fingerprint(config)
     specs = plan(s, imgs, split, config)
 
@@ -142,7 +140,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
               f"against {manifest_path(s.features)}, fingerprint {fp[:12]}); nothing to do")
         return {"computed": [], "images": 0, "wall_s": 0.0, "loop_s": 0.0, "workers": 0, "results": []}
     if state not in ("missing", "up-to-date"):
-        why = stale_reason(s.features, config, dict(zip(imgs.paths, sizes))) if state == "stale" else "damaged?"
+        why = (stale_reason(s.features, config, dict(zip(imgs.paths, run_plan.sizes))) if state == "stale"
+               else "damaged?")
         print(f"{s.features}: {state} ({why}); rebuilding from shards")
     for k, why in todo.items():
         if why != "missing":
@@ -153,7 +152,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
         print(f"{s.features}: computing {len(todo)} of {s.shards} shards on Ray")
         job = {"specs": {sp["index"]: sp for sp in specs if sp["index"] in todo}, "root": os.path.abspath(imgs.root),
                "layout": imgs.layout, "paths": list(imgs.paths), "labels": imgs.labels.tolist(),
-               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": s.img_size,
+               "split": split.tolist(), "class_names": list(imgs.class_names), "img_size": run_plan.img_size,
+               "backbone": run_plan.spec.name,
                "layers": config["layers"], "weights_info": weights_info, "batch": s.batch, "dtype": s.dtype,
                "precision": resolved, "precision_requested": s.precision}
         results, pool = _compute(job, sorted(todo), workers, cpus_per_worker)
@@ -175,7 +175,8 @@ def run_sharded(s: Settings, workers=None, cpus_per_worker=None) -> dict:
     record = provenance(imgs, digests.pop(), COMMAND, s.precision)
     old = set(recorded) - {e["file"] for e in ordered}
     write_manifest(s.features, fp, ordered)
-    summary = write_front(s.features, config, fp, record, ordered, (imgs.paths, sizes))  # last: FEATURES appears only when whole
+    # last: FEATURES appears only when whole
+    summary = write_front(s.features, config, fp, record, ordered, (imgs.paths, run_plan.sizes))
     folder = os.path.dirname(os.path.abspath(s.features))
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):
@@ -259,7 +260,8 @@ class ShardWorker:
             tf.config.threading.set_inter_op_parallelism_threads(cpus)
         self.job = job
         with precision.building(job["precision"]):
-            self.model = backbone.build_backbone(job["img_size"], job["layers"], job["weights_info"])
+            self.model = backbone.build_backbone(backbones.get(job["backbone"]), job["img_size"], job["layers"],
+                                                 job["weights_info"])
         self.forward = make_forward(self.model)
         # Trace the graph now (seconds on a CPU), not inside the first shard: shard timings then measure extraction.
         self.forward(np.zeros((job["batch"], job["img_size"], job["img_size"], 3), np.uint8))
@@ -316,7 +318,7 @@ def throughput(data_dir, work_dir, workers: int, img_size: int = 150, batch: int
                         weights="none", batch=batch, engine="ray", shards=workers)
     started = connect(num_cpus=max(os.cpu_count() or 1, workers * cpus_per_worker))
     try:
-        r = run_sharded(settings, workers=workers, cpus_per_worker=cpus_per_worker)
+        r = run_sharded(make_plan(settings), workers=workers, cpus_per_worker=cpus_per_worker)
     finally:
         if started:
             import ray

@@ -18,16 +18,22 @@ import numpy as np
 from .augment import FILL_MODE, FLIP, FLIP_P, INTERPOLATION, ROTATION, SHIFT as CROP, ZOOM
 
 POLICY_VERSION = 1  # bump when the sampling below changes: it is part of the cache's fingerprint
-# Views are stored only at the layer that cached fine-tuning reads (the input of the trained block): views of later
-# layers would cost as much disk again, and nothing reads them.
-VIEW_LAYERS = ("mixed6",)
+def view_layers(spec) -> tuple:
+    """Views are stored only at the layer that cached fine-tuning reads (the backbone's cached cut, the input of the
+    trained block): views of later layers would cost as much disk again, and nothing reads them."""
+    from core import WorkflowError
+
+    if not spec.cached_cut:
+        raise WorkflowError(f"AUG_VIEWS / FROM_CACHE=1: {spec.name} has no cut the cached path can use "
+                            f"({spec.no_cut_reason}); use AUG_VIEWS=0 and fine-tune end to end (FROM_CACHE=0)")
+    return (spec.cached_cut,)
 
 
-def policy(k: int, seed: int) -> dict:
+def policy(k: int, seed: int, layers: tuple) -> dict:
     """The augmentation policy as recorded in the cache's config: any change makes the cache stale."""
     return {"views": int(k), "seed": int(seed), "version": POLICY_VERSION, "flip": FLIP, "flip_p": FLIP_P,
             "rotation": ROTATION, "zoom": ZOOM, "crop": CROP, "interpolation": INTERPOLATION,
-            "fill_mode": FILL_MODE, "layers": list(VIEW_LAYERS), "applies_to": "train rows; val uses the clean view"}
+            "fill_mode": FILL_MODE, "layers": list(layers), "applies_to": "train rows; val uses the clean view"}
 
 
 def view_transform(index: int, view: int, size: int, seed: int) -> np.ndarray:

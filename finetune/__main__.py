@@ -1,4 +1,4 @@
-"""Stage 3: put the stage-2 head back on InceptionV3, prove nothing changed, fine-tune from UNFREEZE_FROM.
+"""Stage 3: put the stage-2 head back on the cache's backbone, prove nothing changed, fine-tune from UNFREEZE_FROM.
 
 Reads DATA (the images the cache was built from), FEATURES (its record and val features), HEAD_DIR/head.keras and
 HEAD_DIR/metrics.json. Writes MODEL_DIR/model.keras (self-contained; computes in its training
@@ -9,15 +9,14 @@ Killed at any moment, the same command resumes from the last finished epoch (MOD
 inputs and settings as an existing model.keras it is a quick no-op ("up to date").
 
 Two paths write the same model.keras: end to end from the image files (default; on-the-fly augmentation, mixed
-precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from cached mixed6 features and augmented
-views (finetune/cached.py; about a third of the work per step, for CPUs).
+precision and several GPUs), or with `--from-cache 1` (FROM_CACHE=1) from the backbone's cached cut (mixed6 for
+InceptionV3) and augmented views (finetune/cached.py; about a third of the work per step, for CPUs).
 """
 import argparse
 
 from core import WorkflowError, cli, precision
 from core.options import add_training
 
-from .model import UNFREEZE_FROM
 from .run import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, Settings, finetune
 from .train import PATIENCE
 
@@ -28,7 +27,8 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--features", default="artifacts/features.h5", help="stage-1 cache (FEATURES)")
     p.add_argument("--head-dir", default="artifacts/head", help="stage-2 output folder (HEAD_DIR)")
     p.add_argument("--model-dir", default="artifacts/finetune", help="output folder (MODEL_DIR)")
-    p.add_argument("--unfreeze-from", default=UNFREEZE_FROM, help="first layer to train (UNFREEZE_FROM)")
+    p.add_argument("--unfreeze-from", default="",
+                   help="first layer to train; empty: the cache's backbone's default (UNFREEZE_FROM)")
     add_training(p, DEFAULT_EPOCHS, DEFAULT_BATCH, DEFAULT_LR, batch_help="images per step, all devices together",
                  seed_help="shuffle/augmentation/dropout seed")
     p.add_argument("--patience", type=int, default=PATIENCE, help="early-stopping patience in epochs")

@@ -1,6 +1,7 @@
-"""Cached fine-tuning (FROM_CACHE=1): train the mixed7 block and the head on cached mixed6 features and views.
+"""Cached fine-tuning (FROM_CACHE=1): train the last block and the head on cached features and views of its input.
 
-Reads FEATURES (a cache with LAYERS=mixed6,mixed7, optionally AUG_VIEWS=K augmented views at mixed6), HEAD_DIR and
+The block runs from the backbone's cached cut (extract/backbones.py; InceptionV3: mixed6) to its feature layer
+(mixed7). Reads FEATURES (a cache with LAYERS=<cut>,<layer>, optionally AUG_VIEWS=K views at the cut), HEAD_DIR and
 DATA (only to check the exported model on a few val images). Writes, through finetune/run.py, the same MODEL_DIR as
 the end-to-end path: model.keras (loaded by `make predict` and `make submission`), metrics.json, curves.png.
 Example: python -m finetune --from-cache 1 --data data/train --features artifacts/features.h5 --head-dir artifacts/head --model-dir artifacts/finetune
@@ -17,7 +18,7 @@ import numpy as np
 from cache import CacheMismatch
 from classify.data import Feeds
 from core import WorkflowError
-from extract.backbone import FEATURE_LAYER
+from extract import ensemble
 
 from . import equivalence, model as fm
 from .infer import predict_rows
@@ -27,8 +28,9 @@ EXPORT_CHECK_ROWS = 64  # val images the saved model is checked on: a wrong or s
 VIEW_STREAM = 1  # third seed word of the view draws, so they never reuse epoch_windows' stream (seed, epoch)
 
 
-def check_cache_layers(cache, unfreeze_from: str, head_layer: str = FEATURE_LAYER):
-    """The cache must hold the features the block reads (UNFREEZE_FROM) and the head's layer."""
+def check_cache_layers(cache, unfreeze_from: str, head_layer: str = ""):
+    """The cache must hold the features the block reads (UNFREEZE_FROM) and the head's layer (default: its own)."""
+    head_layer = head_layer or cache.config["layer"]
     fix = (f"rebuild it with `make features LAYERS={unfreeze_from},{head_layer} AUG_VIEWS=2 FEATURES={cache.path}`, "
            f"then retrain the head on it: `make head LAYER={head_layer} FEATURES={cache.path}`")
     if unfreeze_from not in cache.layers or head_layer not in cache.layers:
@@ -50,14 +52,15 @@ def build_cached_model(model, trunk, unfreeze_from: str):
         block = keras.Model(src, trunk.outputs[0], name=f"{unfreeze_from}_to_{cut}")
     except ValueError as e:
         raise WorkflowError(f"UNFREEZE_FROM={unfreeze_from}: the layers after it also read earlier layers, so its "
-                            f"output alone cannot feed them ({str(e)[:80]}); use a block boundary such as mixed6"
+                            f"output alone cannot feed them ({str(e)[:80]}); use the backbone's default "
+                            f"(UNFREEZE_FROM empty)"
                             ) from None
     inp = keras.Input(tuple(src.shape[1:]), name=f"{unfreeze_from}_features")
     cached = keras.Model(inp, model.get_layer("head")(block(inp)), name=f"{unfreeze_from}_features_{cut}_head")
     # The equivalence rests on this: the cached model trains the very variables stage 3 trains, no more, no fewer.
     if {id(v) for v in cached.trainable_weights} != {id(v) for v in model.trainable_weights}:
         raise WorkflowError(f"UNFREEZE_FROM={unfreeze_from}: the layers stage 3 would train are not exactly those "
-                            f"between {unfreeze_from} and {cut}; use a block boundary such as mixed6")
+                            f"between {unfreeze_from} and {cut}; use the backbone's default (UNFREEZE_FROM empty)")
     return cached, names
 
 
@@ -97,6 +100,13 @@ class CachedPath:
     name = "cached"
 
     def check_cache(self, cache, unfreeze_from):
+        if ensemble.is_ensemble(cache.config):
+            raise WorkflowError(f"FROM_CACHE=1: {cache.path} is an ensemble cache (BACKBONES), which holds pooled "
+                                f"features only; fine-tune it end to end: FROM_CACHE=0")
+        spec = fm.spec_of(cache.config)
+        if not spec.cached_cut:
+            raise WorkflowError(f"FROM_CACHE=1: {spec.name} has no cut the cached path can use ({spec.no_cut_reason}); "
+                                f"fine-tune it end to end: FROM_CACHE=0")
         if unfreeze_from not in cache.layers:  # before the head's check: a new cache needs a new head anyway
             check_cache_layers(cache, unfreeze_from)
 

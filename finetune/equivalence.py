@@ -60,7 +60,8 @@ def full_model(model, head_src, cache, layer, data_root, batch: int, record=None
            "val_accuracy_full": acc_full, "seconds": dt, "images_per_second": len(rows) / dt if dt else 0.0}
     if not diff <= RELOAD_TOL or acc_head != acc_full:  # `not <=` also catches NaN
         raise EquivalenceError(
-            f"equivalence check failed, not fine-tuning: InceptionV3 + head on the {len(rows)} val images differs "
+            f"equivalence check failed, not fine-tuning: the rebuilt backbone + head on the {len(rows)} val images "
+            f"differs "
             f"from the head on the cached features by up to {diff:.3g} (tolerance {RELOAD_TOL}), val accuracy "
             f"{acc_full:.4f} vs {acc_head:.4f}. The backbone, preprocessing, image decode or head weights do not "
             f"match the cache; rebuild both with the same settings: `make features FEATURES={cache.path}` "

@@ -6,6 +6,7 @@ Example: python -m finetune --data data/train --features artifacts/features.h5 -
 checks -> config -> up to date? -> build -> equivalence -> fit -> scores -> artifacts; the path object supplies
 what differs: the cache it needs, its equivalence check, the network it trains, its data and its evaluation.
 """
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from .cached import CachedPath
 from .endtoend import EndToEndPath
 
 DEFAULT_EPOCHS = 10  # an upper bound: early stopping (PATIENCE) usually ends the run sooner
-DEFAULT_BATCH = 32  # the usual InceptionV3 fine-tuning batch; lower it (BATCH=16) if memory runs out
+DEFAULT_BATCH = 32  # the usual fine-tuning batch for these backbones on one device; lower it (BATCH=16) if memory runs out
 DEFAULT_LR = 1e-5  # the recipe's: small enough not to undo the pretrained features in the unfrozen block
 CACHE_KEYS = ("backbone", "layer", "image_size", "preprocessing", "resize", "weights", "weights_file", "weights_sha256",
               "class_names", "val_split", "split_seed")
@@ -40,7 +41,7 @@ class Settings:
     features: str = "artifacts/features.h5"
     head_dir: str = "artifacts/head"
     model_dir: str = "artifacts/finetune"
-    unfreeze_from: str = fm.UNFREEZE_FROM
+    unfreeze_from: str = ""  # UNFREEZE_FROM; empty: the cache's backbone's default (extract/backbones.py)
     epochs: int = DEFAULT_EPOCHS
     batch: int = DEFAULT_BATCH
     lr: float = DEFAULT_LR
@@ -76,7 +77,8 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
             "optimizer": "adam", "loss": "binary_crossentropy", "monitor": "val_loss",
             "data": os.path.abspath(s.data) if s.data else None, "features": os.path.abspath(s.features),
             "head_dir": os.path.abspath(s.head_dir), "model_dir": os.path.abspath(s.model_dir),
-            "head_cache": head.as_dict(), "versions": package_versions(), **{k: cache.config[k] for k in CACHE_KEYS}}
+            "head_cache": head.as_dict(), "versions": package_versions(), **{k: cache.config[k] for k in CACHE_KEYS},
+            **{k: cache.config[k] for k in ("backbones",) if k in cache.config}}  # an ensemble's members
 
 
 def finetune(s: Settings) -> int:
@@ -88,6 +90,7 @@ def finetune(s: Settings) -> int:
 def _run(s: Settings, cache, path) -> int:
     t_start = time.perf_counter()
     fm.check_recipe(cache.config, cache.path)
+    s = dataclasses.replace(s, unfreeze_from=fm.unfreeze_from(cache.config, s.unfreeze_from))  # resolved once
     path.check_cache(cache, s.unfreeze_from)
     head = read_head_record(s.head_dir, cache)
     path.check_head_layer(cache, s.unfreeze_from, head.layer)

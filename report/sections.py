@@ -10,8 +10,14 @@ from finetune.record import CURVES_FILE as MODEL_CURVES, read_metrics_or_empty a
 
 from . import figures, html, thumbs
 
-SUMMARY_KEYS = ("backbone", "layer", "layers", "image_size", "weights", "weights_file", "weights_sha256", "dtype",
-                "class_names", "val_split", "split_seed", "data", "layout", "n_inputs", "exclude")
+SUMMARY_KEYS = ("backbone", "backbones", "layer", "layers", "image_size", "weights", "weights_file", "weights_sha256",
+                "dtype", "class_names", "val_split", "split_seed", "data", "layout", "n_inputs", "exclude")
+
+
+def _members(records) -> str:
+    """An ensemble's members, one per line: name, size, layer, weights hash."""
+    return "; ".join(f"{r['name']} {r['image_size']} px {r['layer']} weights {r['weights_sha256'][:12]}"
+                     for r in records)
 
 
 def _fmt(v) -> str:
@@ -38,7 +44,7 @@ class Thumbs:
 
 def run_summary(cache, head_dir, model_dir, model_meta, summary) -> str:
     cfg = cache.config
-    rows = [(k, cfg[k]) for k in SUMMARY_KEYS if k in cfg]
+    rows = [(k, _members(cfg[k]) if k == "backbones" else cfg[k]) for k in SUMMARY_KEYS if k in cfg]
     rows += [("fingerprint", cache.fingerprint), ("created", cache.f.attrs.get("created", "")),
              ("rows", f"{summary['rows']['labelled']} labelled: {summary['rows']['train']} train, "
                       f"{summary['rows']['val']} val")]

@@ -109,3 +109,24 @@ def test_machine_peaks_are_measured_and_positive():
     assert gemm_gflops("float32", 256, 0.05) > 0 and gemm_gflops("bfloat16", 256, 0.05) > 0
     copies = copy_gb_s(mib=16, repeats=2)
     assert copies["copy_gb_s_1_threads"] > 0 and all(v > 0 for v in copies.values())
+
+
+@pytest.mark.slow
+def test_backbone_bench_short_version(tmp_path):
+    """`make bench`'s per-backbone part at CI size: two backbones at their minimum sizes and their ensemble."""
+    out, md = tmp_path / "bb.json", tmp_path / "bb.md"
+    r = run_module("bench.backbones", "--names", "inception_v3,resnet50", "--sizes", "min", "--batch", 2,
+                   "--repeats", 1, "--ensemble", "inception_v3,resnet50", "--peak-seconds", 0.2, "--out", out,
+                   "--md", md, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [r["size"] for r in res["backbones"]["inception_v3"]] == [75]
+    assert [r["size"] for r in res["backbones"]["resnet50"]] == [32]
+    for rows in res["backbones"].values():
+        assert rows[0]["images_per_s"] > 0 and rows[0]["gflops_per_image"] > 0 and rows[0]["roofline_fraction"] > 0
+    # InceptionV3 at 75 px costs more FLOPs than ResNet50 at 32 px: the profiler counts each network's own work
+    assert res["backbones"]["inception_v3"][0]["gflops_per_image"] > res["backbones"]["resnet50"][0]["gflops_per_image"]
+    e = res["ensemble"]
+    assert set(e["members"]) == {"inception_v3", "resnet50"} and e["ensemble_over_sum"] > 0
+    assert e["ensemble"]["gflops_per_image"] > res["backbones"]["inception_v3"][0]["gflops_per_image"]
+    assert "| inception_v3 | 75 |" in md.read_text() and "Ensemble (" in md.read_text()

@@ -82,14 +82,12 @@ def test_views_are_deterministic_per_image_and_view():
 @pytest.mark.slow
 def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, monkeypatch):
     from cache import fingerprint
-    from extract import backbone, features, images, views
-
-    imgs, info = images.discover(train_dir), backbone.resolve_weights("none")
+    from extract import features, views
 
     def state(aug_views=0):
         s = features.Settings(data=str(train_dir), features=str(views_cache), img_size=IMG, layers=("mixed6", "mixed7"),
                               weights="none", batch=16, aug_views=aug_views, precision="float32")  # as views_cache
-        return cache_state(str(views_cache), fingerprint(features.resolve_config(s, imgs, info)))
+        return cache_state(str(views_cache), fingerprint(features.resolve_config(features.make_plan(s))))
 
     assert state(K) == "up-to-date"
     assert state(K + 1) == "stale"
@@ -104,6 +102,7 @@ def test_augmentation_policy_is_part_of_the_fingerprint(views_cache, train_dir, 
 @pytest.mark.slow
 def test_cached_views_equal_the_backbone_on_the_views(views_cache, train_dir):
     from extract.backbone import build_backbone
+    from extract.backbones import get
     from extract.images import discover, load_image
     from extract.views import make_views
 
@@ -111,7 +110,7 @@ def test_cached_views_equal_the_backbone_on_the_views(views_cache, train_dir):
         tr = c.rows(SPLIT_TRAIN)
         assert c.view_layers == ["mixed6"] and c.n_views("mixed6") == K and c.n_views("mixed7") == 0
         assert c.f["views/mixed6"].shape == (len(tr), K) + c.feature_shape("mixed6")
-        model = build_backbone(IMG, ["mixed6"], "none")
+        model = build_backbone(get("inception_v3"), IMG, ["mixed6"], "none")
         index = {p: i for i, p in enumerate(discover(train_dir).paths)}  # views are seeded by input index
         rows = tr[[0, 1, len(tr) // 2, len(tr) - 1]]
         imgs = np.stack([load_image(os.path.join(train_dir, c.paths[r]), IMG) for r in rows])

@@ -70,9 +70,10 @@ def test_split_is_stratified_and_deterministic(cache_path):
 @pytest.mark.slow
 def test_cached_features_equal_the_live_model(cache_path, train_dir):
     from extract.backbone import build_backbone, weights_digest
+    from extract.backbones import get
 
     with open_cache(cache_path) as c:
-        model = build_backbone(IMG, ["mixed7"], "none")
+        model = build_backbone(get("inception_v3"), IMG, ["mixed7"], "none")
         assert weights_digest(model) == c.provenance["backbone_digest"]
         rows = [0, 5, len(c) - 1]
         x = np.stack([load_image(os.path.join(train_dir, c.paths[r]), IMG) for r in rows]).astype("float32")
@@ -146,7 +147,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     ("empty", ["no images found", "make data ZIP="]),
     ("one_class", ["one class", "add the other class"]),
     ("small", ["at least 75", "IMG_SIZE=150"]),
-    ("layer", ["no such layer", "choose one of mixed0"]),
+    ("layer", ["no such layer in InceptionV3", "its registered layer is mixed7"]),
     ("splits", ["look like splits", "DATA="]),
     ("bad_weights", ["md5 does not match", "WEIGHTS=none"]),
     ("other_weights", ["not loadable as InceptionV3", "WEIGHTS=imagenet"]),

@@ -291,13 +291,11 @@ def test_verify_content_through_the_stage(tmp_path, capsys):
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
     from cache import cache_state, fingerprint
-    from extract import backbone
     from extract.__main__ import parse_args
-    from extract.features import resolve_config
-    from extract.images import discover
+    from extract.features import make_plan, resolve_config
 
     s = parse_args(extract_args(tmp_path / "d", out, "--verify", "content"))
-    config = resolve_config(s, discover(tmp_path / "d"), backbone.resolve_weights("none"))
+    config = resolve_config(make_plan(s))
     assert config["verify"] == "content" and cache_state(str(out), fingerprint(config)) == "stale"
 
 

@@ -63,7 +63,8 @@ def test_head_and_baseline_learn_the_synthetic_task(trained, cache_path):
         assert np.sum(r["confusion_matrix"]) == n_val
         assert r["val_auc"] is not None and r["val_log_loss"] >= 0 and r["seconds"] > 0 and r["examples_per_s"] > 0
     assert 1 <= m["head"]["epochs"] <= 20
-    assert m["cache"] == {"path": str(cache_path), "fingerprint": fp, "layer": "mixed7", "feature_shape": [3, 3, 768]}
+    assert m["cache"] == {"path": str(cache_path), "fingerprint": fp, "layer": "mixed7", "feature_shape": [3, 3, 768],
+                          "backbone": "InceptionV3", "image_size": 75, "weights_sha256": "random-init-seed-1337"}
     assert m["config"]["lr"] == 1e-4 and m["config"]["cache_config"]["weights"] == "none"
     assert re.search(r"^\s+head\s+baseline$", proc.stdout, re.M)  # the side-by-side table
     assert re.search(r"^val accuracy\s+[\d.]+\s+[\d.]+$", proc.stdout, re.M)
@@ -271,7 +272,8 @@ def _not_hdf5(tmp_path):
 ], ids=["missing", "partial", "not-hdf5", "foreign", "unlabelled", "wrong-layer", "wrong-shape"])
 @pytest.mark.slow
 def test_wrong_cache_exits_2_naming_the_fix(make, expect, tmp_path):
-    proc = run_module("classify", *classify_args(make(tmp_path), tmp_path / "head"))
+    # LAYER given: a cache without it is refused (LAYER empty takes the cache's own layer)
+    proc = run_module("classify", *classify_args(make(tmp_path), tmp_path / "head", "--layer", "mixed7"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expect in proc.stderr and "make features" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

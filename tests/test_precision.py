@@ -114,11 +114,10 @@ def bf16_cache(train_dir, tmp_path_factory):
 
 
 def cache_state_for(path, data, **settings):
-    from extract import backbone, features, images
+    from extract import features
 
     s = features.Settings(data=str(data), features=str(path), img_size=IMG, weights="none", batch=16, **settings)
-    return cache_state(str(path), fingerprint(features.resolve_config(s, images.discover(data),
-                                                                       backbone.resolve_weights("none"))))
+    return cache_state(str(path), fingerprint(features.resolve_config(features.make_plan(s))))
 
 
 @pytest.mark.slow

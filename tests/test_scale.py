@@ -14,6 +14,7 @@ from cache import CacheIncomplete, open_cache  # noqa: E402
 from cache.shards import ShardFailed, manifest_path, read_manifest, shard_path, shard_ranges  # noqa: E402
 from conftest import build_cache, extract_args, run_module  # noqa: E402
 from extract.__main__ import parse_args  # noqa: E402  (the CLI, as `make` runs it)
+from extract.features import make_plan  # noqa: E402
 from extract.shard import connect, pool_plan, run_sharded  # noqa: E402
 from extract.synth import make_dataset  # noqa: E402
 
@@ -41,7 +42,7 @@ def single(data, tmp_path_factory):
 
 
 def _sharded(data, out, shards=SHARDS):
-    return run_sharded(parse_args(extract_args(data, out, "--engine", "ray", "--shards", str(shards))))
+    return run_sharded(make_plan(parse_args(extract_args(data, out, "--engine", "ray", "--shards", str(shards)))))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import argparse
 import os
 
 from core import cli
-from extract.backbone import FEATURE_LAYER
 
 from . import outputs, search
 
@@ -23,7 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--storage", default=None,
                    help="SQLAlchemy URL shared by workers, e.g. postgresql://user@host/db (STORAGE); "
                         "default sqlite:///SWEEP_DIR/study.db")
-    p.add_argument("--layer", default=FEATURE_LAYER, help="cached layer (LAYER)")
+    p.add_argument("--layer", default="", help="cached layer (LAYER); empty: the cache's own")
     p.add_argument("--epochs", type=int, default=20, help="most epochs per trial; early stopping/pruning end sooner")
     p.add_argument("--seed", type=int, default=42, help="weights init, shuffling and the sampler (SEED)")
     p.add_argument("--mem-budget", default="2G", help="features in memory up to this size, else streamed (MEM_BUDGET)")

@@ -24,7 +24,6 @@ from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import WorkflowError
 from core.files import fingerprint
 from core.runs import RunState
-from extract.backbone import FEATURE_LAYER
 
 from .. import data, record, train
 from ..head import head_config
@@ -168,7 +167,7 @@ def run_trial(trial, ctx: dict) -> float:
     return head_m["val_log_loss"]
 
 
-def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int = 20, seed: int = 42,
+def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed: int = 42,
               mem_budget="2G", timeout=None, storage=None) -> dict:
     """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts."""
     import optuna
@@ -182,7 +181,8 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
     budget = data.parse_bytes(mem_budget)
-    with open_cache(features, layer=layer, need_labels=True, fix="make features") as cache:
+    with open_cache(features, layer=layer or None, need_labels=True, fix="make features") as cache:
+        layer = layer or cache.layer  # the cache's own layer unless LAYER is given
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         in_memory = data.held_bytes(cache, np.concatenate([tr, va]), layer) <= budget
         _, _, scale = data.pool_and_scale(cache, layer, np.concatenate([tr, va]), tr)
