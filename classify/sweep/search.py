@@ -12,6 +12,9 @@ command resumes: finished trials stay in the database, the trial that was runnin
 trials still missing to reach TRIALS (COMPLETE + PRUNED) are run. Several processes on one study (one SWEEP_DIR, or
 one STORAGE across machines) together run exactly TRIALS: a trial runs only if fewer than TRIALS unfailed trials
 were created before it (trial numbers are handed out by the database, in order), else it is refused as surplus.
+A worker that finds the quota filled by trials still running elsewhere waits for them instead of leaving: a trial
+whose worker died on another machine is failed by Optuna's heartbeat after GRACE_S and rerun once with the same
+parameters (classify/sweep/study.py), so the study still ends with TRIALS.
 """
 import os
 import shutil
@@ -30,7 +33,7 @@ from .. import data, record, train
 from ..head import head_config
 from ..stage import PATIENCE, head_metrics
 from . import outputs
-from .study import Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity
+from .study import HEARTBEAT_S, Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity, shown
 
 # The search space, written once: (name, kind, values). "log": log-uniform in [lo, hi]; "float": uniform.
 SPACE = (
@@ -198,7 +201,7 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
                "mem_budget": mem_budget}
         killed = fail_dead_trials(study)
         c = counts(study)
-        tqdm.write(f"study {name} in {url}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
+        tqdm.write(f"study {name} in {shown(url)}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
                    f"{f' ({killed} left running by a killed worker, now failed)' if killed else ''}; "
                    f"TRIALS={trials}, {len(tr)} train / {len(va)} val rows {'in memory' if in_memory else 'streamed'}")
         ran = 0
@@ -211,8 +214,14 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
                 if c["complete"]:
                     bar.set_postfix(best=f"{study.best_value:.4f}", trial=study.best_trial.number)
                 bar.refresh()
-                if done >= trials or done + c["running"] >= trials or time.monotonic() >= deadline:
-                    break  # finished, or the running trials of other workers complete the quota
+                if done >= trials or time.monotonic() >= deadline:
+                    break
+                if done + c["running"] >= trials:
+                    # Other workers' running trials would complete the quota, unless one of them died (on another
+                    # machine: only its stopped heartbeat tells). Wait and see: a stale trial is failed and rerun.
+                    optuna.storages.fail_stale_trials(study)
+                    time.sleep(HEARTBEAT_S / 2)
+                    continue
                 n_before = len(study.get_trials(deepcopy=False))
                 study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(Surplus,), gc_after_trial=True)
                 last = [t for t in study.get_trials(deepcopy=False)[n_before:]]
@@ -224,5 +233,5 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
         with outputs.locked(sweep_dir):
             outputs.write_outputs(sweep_dir, study, PARAMS, seed)
         c = counts(study)
-        c.update({"ran_here": ran, "study": name, "storage": url})
+        c.update({"ran_here": ran, "study": name, "storage": shown(url)})
         return c

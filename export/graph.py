@@ -1,0 +1,84 @@
+"""The exported computation: raw RGB uint8 in, the model's calibrated class probabilities out.
+
+Reads a loaded model.keras and its record (finetune/record.py). Writes nothing.
+Example: python -c "from export.graph import calibrated"   # see export/run.py
+
+Output contract (STYLE 16): (n, K) float32 probabilities in the order of the record's `class_names`. A binary model's
+single sigmoid output p becomes [1 - q, q] with q = sigmoid(logit(p) / T); a K-class softmax output becomes
+softmax(log(p) / T). T is the record's calibration temperature, a constant of the graph, so no caller needs it.
+The clip before the log is classify/calibrate.py's EPS, so the graph computes what `make predict` computes.
+"""
+from classify.calibrate import EPS
+
+INPUT_NAME, OUTPUT_NAME, BYTES_NAME = "images", "probabilities", "image_bytes"
+
+
+def temperature(meta: dict) -> float:
+    """T recorded by `make finetune`; 1.0 for a model recorded before calibration existed."""
+    return float((meta.get("calibration") or {}).get("temperature", meta.get("temperature", 1.0)))
+
+
+def calibrated(model, meta: dict):
+    """A Keras model: uint8 (n, S, S, 3) -> (n, K) calibrated probabilities (see module docstring)."""
+    import keras
+    from keras import ops
+
+    t = temperature(meta)
+    binary = model.output_shape[-1] == 1
+
+    class Calibrated(keras.Model):
+        def __init__(self):
+            super().__init__(name="calibrated")
+            self.inner = model
+
+        def call(self, images):
+            p = ops.cast(self.inner(ops.cast(images, "float32"), training=False), "float32")
+            p = ops.clip(p, EPS, 1.0 - EPS)
+            if binary:  # log(1 - p) rather than log1p: LiteRT has no LOG1P kernel; 1 - p is exact for p >= 0.5
+                q = ops.sigmoid((ops.log(p) - ops.log(1.0 - p)) / t)
+                return ops.concatenate([1.0 - q, q], axis=-1)
+            return ops.softmax(ops.log(p) / t, axis=-1)
+
+    wrapper = Calibrated()
+    size = int(meta["image_size"])
+    import numpy as np
+
+    wrapper(np.zeros((1, size, size, 3), np.uint8))  # built and called: Keras' exporters need a called model
+    return wrapper
+
+
+def input_spec(size: int):
+    import tensorflow as tf
+
+    return tf.TensorSpec((None, size, size, 3), tf.uint8, name=INPUT_NAME)
+
+
+def serving_module(wrapper, size: int, assets=()):
+    """A tf.Module with two signatures: `serving_default` (uint8 images) and `serving_bytes` (encoded JPEG/PNG).
+
+    The bytes signature decodes with TensorFlow (decode_image, 3 channels, first frame of a GIF) and resizes to
+    S x S bilinearly with antialiasing, aspect not kept: as stage 1 resizes, but TF's decoder and resampler, not
+    PIL's draft mode, so its pixels can differ from `make predict`'s by a few levels. `assets`: files carried in
+    the SavedModel's assets/ folder (the record and the class names)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.model = wrapper
+    module.assets = [tf.saved_model.Asset(a) for a in assets]
+
+    @tf.function(input_signature=[input_spec(size)])
+    def images(x):
+        return {OUTPUT_NAME: wrapper(x)}
+
+    @tf.function(input_signature=[tf.TensorSpec((None,), tf.string, name=BYTES_NAME)])
+    def image_bytes(b):
+        def one(data):
+            img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            img = tf.image.resize(tf.cast(img, tf.float32), (size, size), method="bilinear", antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+        x = tf.map_fn(one, b, fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8))
+        return {OUTPUT_NAME: wrapper(x)}
+
+    module.images, module.image_bytes = images, image_bytes
+    return module, {"serving_default": images, "serving_bytes": image_bytes}
