@@ -38,6 +38,8 @@ PRECISION ?=
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
 # seconds between commits of a training run's resume state (_work/); 0: every epoch. A kill repeats at most these
 CHECKPOINT_S ?= 60
+# TensorBoard logs of make head, make finetune and each sweep trial under TB_DIR (empty: off); tensorboard --logdir TB_DIR
+TB_DIR ?=
 BATCH ?=
 EPOCHS ?=
 LR ?=
@@ -95,7 +97,7 @@ help:
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
-	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) CHECKPOINT_S=$(CHECKPOINT_S) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
+	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) CHECKPOINT_S=$(CHECKPOINT_S) TB_DIR=$(TB_DIR) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
 	@echo "  FORMAT=$(FORMAT) EXPORT_DIR=$(EXPORT_DIR) QUANTIZE=$(QUANTIZE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N) SCALE_N=$(SCALE_N)"
 	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
@@ -149,20 +151,20 @@ features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 head: $(STAMP)
 	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) --layer $(LAYER) --seed $(SEED) \
 	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) --checkpoint-s $(CHECKPOINT_S) \
-	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## sweep: search head kinds and settings on FEATURES with Optuna (TRIALS, TIMEOUT=30m, STORAGE=<SQLAlchemy URL>) into SWEEP_DIR; best/ is a HEAD_DIR
 sweep: $(STAMP)
 	$(PY) -m classify.sweep --features $(FEATURES) --sweep-dir $(SWEEP_DIR) --trials $(TRIALS) --layer $(LAYER) \
 	  --seed $(SEED) --mem-budget $(MEM_BUDGET) $(call opt,--timeout,$(TIMEOUT)) $(call opt,--storage,$(STORAGE)) \
-	  $(call opt,--epochs,$(EPOCHS))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## finetune: stage 3, head back on InceptionV3, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on cached mixed6)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  --unfreeze-from $(UNFREEZE_FROM) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
 	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
-	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)

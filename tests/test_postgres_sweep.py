@@ -22,17 +22,16 @@ OTHER_HOST = "other-machine"  # the killed worker's hostname (its own UTS namesp
 @pytest.fixture
 def database():
     """A fresh database on the server at PG_URL, as a SQLAlchemy URL; dropped afterwards."""
-    import psycopg2
+    import psycopg
     from sqlalchemy.engine import make_url
 
     try:
-        conn = psycopg2.connect(PG_URL, connect_timeout=5)
-    except psycopg2.OperationalError as e:
+        conn = psycopg.connect(PG_URL, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as e:
         msg = f"no PostgreSQL server at PG_URL={PG_URL} ({str(e).strip()}); run `make postgres` (as root)"
         if os.environ.get("CI"):
             pytest.fail(f"CI: {msg}; .ci/run must start it")
         pytest.skip(msg)
-    conn.autocommit = True
     name = f"dogcat_test_{uuid.uuid4().hex[:10]}"
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
@@ -64,7 +63,7 @@ def trials_of(url):
 @pytest.mark.slow
 def test_two_workers_one_killed_mid_trial_end_with_exactly_trials(hard_cache_path, tmp_path, database):
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     from classify.sweep.study import GRACE_S
@@ -98,7 +97,7 @@ def test_two_workers_one_killed_mid_trial_end_with_exactly_trials(hard_cache_pat
     dead = next(t for t in trials if t.number == killed.number)
     assert dead.state == TrialState.FAIL and dead.user_attrs["host"] == OTHER_HOST
     # Failed by Optuna's heartbeat (fail_dead_trials only fails this host's trials), then rerun with its parameters.
-    reruns = [t for t in trials if RetryFailedTrialCallback.retried_trial_number(t) == killed.number]
+    reruns = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
     assert len(reruns) == 1 and reruns[0].state in (TrialState.COMPLETE, TrialState.PRUNED), reruns
     assert reruns[0].params == dead.params
     other_fails = [t for t in trials if t.state == TrialState.FAIL and t.number != killed.number]
@@ -125,9 +124,9 @@ def test_wrong_url_or_server_down_is_one_error_line(cache_path, tmp_path, storag
 
 
 def test_missing_driver_is_one_error_line(cache_path, tmp_path):
-    fake = tmp_path / "no_driver" / "psycopg2"
+    fake = tmp_path / "no_driver" / "psycopg"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg2'\", name='psycopg2')\n")
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n")
     r = run_module("classify.sweep", "--features", cache_path, "--sweep-dir", tmp_path / "sweep", "--trials", "1",
                    "--storage", "postgresql://dogcat:dogcat@127.0.0.1:5432/dogcat",
                    env={"PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"})

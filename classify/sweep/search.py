@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
-from core import WorkflowError
+from core import WorkflowError, tblogs
 from core.files import fingerprint
 from core.runs import RunState
 from extract.backbone import FEATURE_LAYER
@@ -131,7 +131,8 @@ def run_trial(trial, ctx: dict) -> float:
                 "study": ctx["study"], **p}
     pruning = PruningCallback(trial)
     # Stage 2's own bookkeeping, without commits: a killed trial is failed and never resumed, so they would only write.
-    run = RunState(trial_dir, identity, checkpoint_s=None)
+    tb_run = os.path.join(ctx["tb_dir"], f"trial-{trial.number:04d}") if ctx["tb_dir"] else None
+    run = RunState(trial_dir, identity, checkpoint_s=None, tb_dir=tb_run)
     try:
         head = train.train_head(feeds, ctx["epochs"], p["lr"], ctx["seed"], run, PATIENCE, verbose=0, head=hc,
                                 weight_decay=p["weight_decay"], extra_callbacks=[pruning])
@@ -144,6 +145,8 @@ def run_trial(trial, ctx: dict) -> float:
               "seconds": round(time.perf_counter() - t0, 3)}  # the trial's wall time, data and tracing included
     for k in (*outputs.METRICS, "temperature"):
         trial.set_user_attr(k, head_m[k])
+    if tb_run:  # TensorBoard's HParams view: this trial's point and its result
+        tblogs.write_trial(tb_run, f"trial-{trial.number:04d}", p, {"val_log_loss": head_m["val_log_loss"]})
     config = {"features": os.path.abspath(cache.path), "layer": ctx["layer"], "head": hc,
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
@@ -172,8 +175,9 @@ def run_trial(trial, ctx: dict) -> float:
 
 
 def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int = 20, seed: int = 42,
-              mem_budget="2G", timeout=None, storage=None) -> dict:
-    """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts."""
+              mem_budget="2G", timeout=None, storage=None, tb_dir="") -> dict:
+    """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts.
+    `tb_dir` (TB_DIR): TensorBoard logs in TB_DIR/sweep, one run per trial and the HParams experiment."""
     import optuna
     from tqdm import tqdm
 
@@ -185,20 +189,25 @@ def run_sweep(features, sweep_dir, trials: int, layer=FEATURE_LAYER, epochs: int
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
     budget = data.parse_bytes(mem_budget)
+    # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
+    # First: a wrong STORAGE, a server that is down or a missing driver fails before any work.
+    with outputs.locked(sweep_dir):
+        storage = make_storage(url)
     with open_cache(features, layer=layer, need_labels=True, fix="make features") as cache:
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         in_memory = data.held_bytes(cache, np.concatenate([tr, va]), layer) <= budget
         _, _, scale = data.pool_and_scale(cache, layer, np.concatenate([tr, va]), tr)
         name = study_name(cache, layer, epochs, seed)
-        # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
         with outputs.locked(sweep_dir):
-            study = optuna.create_study(study_name=name, storage=make_storage(url), direction="minimize",
+            study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                         load_if_exists=True, sampler=make_sampler(seed, 0),
                                         pruner=optuna.pruners.MedianPruner(**PRUNER))
             study.set_metric_names(["val_log_loss"])
         ctx = {"cache": cache, "layer": layer, "tr": tr, "va": va, "scale": scale, "in_memory": in_memory,
                "epochs": epochs, "seed": seed, "sweep_dir": sweep_dir, "trials": trials, "study": name,
-               "mem_budget": mem_budget}
+               "mem_budget": mem_budget, "tb_dir": tblogs.stage_dir(tb_dir, "sweep")}
+        if ctx["tb_dir"]:
+            tblogs.write_experiment(ctx["tb_dir"], SPACE, "val_log_loss")
         killed = fail_dead_trials(study)
         c = counts(study)
         tqdm.write(f"study {name} in {shown(url)}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"

@@ -49,10 +49,12 @@ def make_storage(url):
     try:
         return optuna.storages.RDBStorage(
             url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-    except ModuleNotFoundError as e:  # SQLAlchemy imports the dialect's driver when the engine is made
-        raise WorkflowError(f"STORAGE={shown(url)}: its database driver is not installed ({e}); run `make install` "
-                            f"(requirements.txt pins psycopg2-binary for postgresql://)") from None
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except ImportError as e:  # SQLAlchemy imports the dialect's driver when the engine is made (Optuna rewraps it)
+        cause = e.__cause__ or e
+        raise WorkflowError(f"STORAGE={shown(url)}: its database driver is not installed ({cause}); run `make "
+                            f"install` (requirements.txt pins psycopg[binary], SQLAlchemy's driver for "
+                            f"postgresql://)") from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
         raise WorkflowError(f"STORAGE={shown(url)}: not a usable SQLAlchemy URL ({e}); {fix}") from None
     except sqlalchemy.exc.OperationalError as e:  # server down, wrong host/port/password, no such database
