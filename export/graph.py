@@ -33,11 +33,14 @@ def calibrated(model, meta: dict):
 
         def call(self, images):
             p = ops.cast(self.inner(ops.cast(images, "float32"), training=False), "float32")
-            p = ops.clip(p, EPS, 1.0 - EPS)
-            if binary:  # log(1 - p) rather than log1p: LiteRT has no LOG1P kernel; 1 - p is exact for p >= 0.5
-                q = ops.sigmoid((ops.log(p) - ops.log(1.0 - p)) / t)
+            if binary:
+                # logit(p) clipped as classify.calibrate.logit clips in float64: 1 - EPS has no float32 value (it
+                # rounds to 1 - 1.2e-7, and a saturated p would get another logit: 0.002 off after T), so the upper
+                # clip is applied to 1 - p, exact in float32 for p >= 0.5. log, not log1p: LiteRT has no LOG1P.
+                z = ops.log(ops.maximum(p, EPS)) - ops.log(ops.maximum(1.0 - p, EPS))
+                q = ops.sigmoid(z / t)
                 return ops.concatenate([1.0 - q, q], axis=-1)
-            return ops.softmax(ops.log(p) / t, axis=-1)
+            return ops.softmax(ops.log(ops.maximum(p, EPS)) / t, axis=-1)
 
     wrapper = Calibrated()
     size = int(meta["image_size"])

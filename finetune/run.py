@@ -71,6 +71,7 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
     return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
             "mixed_precision_flag": s.mixed_precision, "precision": export_in, "training_precision": train_in,
             "cache_precision": cache.precision, **precision.record(s.precision), "checkpoint_s": s.checkpoint_s,
+            "tb_dir": os.path.abspath(s.tb_dir) if s.tb_dir else None,
             "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
             "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",

@@ -143,3 +143,24 @@ def test_failed_proof_writes_nothing_and_exits_2(model_file, tmp_path, monkeypat
 def test_quantize_other_than_litert_is_refused(model_file, tmp_path):
     r = run_module("export", "--model", model_file, "--format", "onnx", "--quantize", "int8", "--export-dir", tmp_path)
     assert_user_error(r, "QUANTIZE=int8 applies to FORMAT=litert only")
+
+
+def test_graph_calibrates_saturated_probabilities_as_make_predict_does():
+    """P = 1.0, 0.99999994, 0 in float32 (a random-weight net gives them): the graph's clip must equal
+    classify.calibrate's float64 one, else T moves them apart (0.002 at T = 6.85, found at 150 px)."""
+    import keras
+
+    from export.graph import calibrated
+    from export.proof import reference
+
+    x = keras.Input((4, 4, 3))
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(x, out)
+    model.layers[-1].set_weights([np.full((3, 1), 1 / 3, np.float32), np.array([-127.5], np.float32)])
+    levels = np.array([255, 146, 145, 140, 128, 120, 100, 0], np.uint8)  # logits 127.5 .. -127.5
+    images = np.broadcast_to(levels[:, None, None, None], (len(levels), 4, 4, 3)).copy()
+    for t in (6.85, 0.5):
+        meta = {"image_size": 4, "calibration": {"temperature": t}}
+        got = np.asarray(calibrated(model, meta)(images), np.float64)
+        ref = reference(model, meta, images)
+        assert got.shape == (len(levels), 2) and np.abs(got - ref).max() <= 1e-6, (t, got - ref)

@@ -151,7 +151,7 @@ def run_trial(trial, ctx: dict) -> float:
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
               "loss": "binary_crossentropy", "patience": PATIENCE, "deterministic": True,
-              "checkpoint_s": None,
+              "checkpoint_s": None, "tb_dir": tb_run,
               "mem_budget": ctx["mem_budget"], "feature_scale": ctx["scale"],
               "feature_scale_note": "folded into the head's first Dense kernel: head.keras takes raw features",
               "cache_config": cache.config, "trial": trial.number,
