@@ -4,9 +4,14 @@ Reads a loaded model.keras and its record (finetune/record.py). Writes nothing.
 Example: python -c "from export.graph import calibrated"   # see export/run.py
 
 Output contract (STYLE 16): (n, K) float32 probabilities in the order of the record's `class_names`. A binary model's
-single sigmoid output p becomes [1 - q, q] with q = sigmoid(logit(p) / T); a K-class softmax output becomes
-softmax(log(p) / T). T is the record's calibration temperature, a constant of the graph, so no caller needs it.
-The clip before the log is classify/calibrate.py's EPS, so the graph computes what `make predict` computes.
+single sigmoid output becomes [1 - q, q] with q = sigmoid(z / T); a K-class softmax output becomes softmax(z / T).
+z are the logits, taken before the final Dense's activation (`to_logits`); T is the record's calibration
+temperature, a constant of the graph, so no caller needs it.
+
+Why the logits and not logit(p), as `make predict` computes: near p = 1 a float32 probability has a few ulps left
+(1 - p = 1.5e-6 is known to 4%), so two runtimes whose sigmoids differ by one ulp give logits 0.04 apart, and after
+T = 6.85 probabilities 6e-4 apart (measured: ONNX against TensorFlow at 150 px). From z both are exact to ~1e-7.
+A model whose output is not such a Dense (none today) falls back to logit(p), clipped as classify/calibrate.py does.
 """
 from classify.calibrate import EPS
 
@@ -18,13 +23,30 @@ def temperature(meta: dict) -> float:
     return float((meta.get("calibration") or {}).get("temperature", meta.get("temperature", 1.0)))
 
 
-def calibrated(model, meta: dict):
-    """A Keras model: uint8 (n, S, S, 3) -> (n, K) calibrated probabilities (see module docstring)."""
+def to_logits(model):
+    """Switch off the sigmoid or softmax of the Dense layer that makes `model`'s output (looking into the nested
+    model that makes it, e.g. the head), so that `model` returns logits; returns 'sigmoid' | 'softmax', or None
+    (nothing changed) when the output is not made that way. Changes this loaded copy only; nothing saves it."""
+    import keras
+
+    node = model
+    while isinstance(node, keras.Model):
+        node = node.outputs[0]._keras_history.operation
+    kind = getattr(getattr(node, "activation", None), "__name__", None)
+    if not isinstance(node, keras.layers.Dense) or kind not in ("sigmoid", "softmax"):
+        return None
+    node.activation = keras.activations.linear
+    return kind
+
+
+def calibrated(model, meta: dict, kind=None):
+    """A Keras model: uint8 (n, S, S, 3) -> (n, K) calibrated probabilities (see module docstring). `kind`: what
+    `to_logits(model)` returned ('sigmoid' | 'softmax': the model outputs logits), None: it outputs probabilities."""
     import keras
     from keras import ops
 
     t = temperature(meta)
-    binary = model.output_shape[-1] == 1
+    binary = kind == "sigmoid" or (kind is None and model.output_shape[-1] == 1)
 
     class Calibrated(keras.Model):
         def __init__(self):
@@ -33,6 +55,11 @@ def calibrated(model, meta: dict):
 
         def call(self, images):
             p = ops.cast(self.inner(ops.cast(images, "float32"), training=False), "float32")
+            if kind is not None:  # logits
+                if binary:
+                    q = ops.sigmoid(p / t)
+                    return ops.concatenate([1.0 - q, q], axis=-1)
+                return ops.softmax(p / t, axis=-1)
             if binary:
                 # logit(p) clipped as classify.calibrate.logit clips in float64: 1 - EPS has no float32 value (it
                 # rounds to 1 - 1.2e-7, and a saturated p would get another logit: 0.002 off after T), so the upper

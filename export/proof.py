@@ -57,8 +57,10 @@ def image_set(meta: dict, data, features, split=SPLIT_VAL, limit=None):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def reference(model, meta: dict, images, model_path="") -> np.ndarray:
-    """(n, K) float64: model.keras (float32) on `images`, then the record's temperature, as `make predict` does."""
+def reference(model, meta: dict, images, model_path="", kind=None) -> np.ndarray:
+    """(n, K) float64: model.keras (float32) on `images`, then the record's temperature. `kind` as graph.to_logits
+    returned: the model outputs logits z and this is sigmoid(z / T) or softmax(z / T) in float64; None: it outputs
+    probabilities, calibrated as `make predict` does (classify.calibrate.apply_temperature)."""
     from classify.calibrate import apply_temperature
 
     from finetune.finishing import temperature_of
@@ -66,10 +68,13 @@ def reference(model, meta: dict, images, model_path="") -> np.ndarray:
     t = temperature_of(meta, model_path)
     out = np.concatenate([np.asarray(model(images[i:i + BATCH].astype(np.float32), training=False), np.float64)
                           for i in range(0, len(images), BATCH)])
-    if out.shape[-1] == 1:
+    if kind == "sigmoid":
+        q = 1.0 / (1.0 + np.exp(-out[:, 0] / t))
+        return np.stack([1.0 - q, q], axis=1)
+    if kind is None and out.shape[-1] == 1:
         p = apply_temperature(out[:, 0], t)
         return np.stack([1.0 - p, p], axis=1)
-    z = np.log(np.clip(out, EPS, 1.0)) / t
+    z = (out if kind == "softmax" else np.log(np.clip(out, EPS, 1.0))) / t
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 

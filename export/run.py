@@ -91,10 +91,12 @@ def export_model(model_path, fmt: str, export_dir, quantize: str = "none", data=
         model, meta = load_model(model_path, "float32")  # a bf16 model.keras is exported (and proven) in float32
         if precision.policy_of(model) != "float32":  # whatever its record says: tf2onnx and LiteRT need float32
             model = to_precision(model, "float32")
+        kind = graph.to_logits(model)  # calibrate from the logits, in the graph and in the reference
         images, labels = proof.image_set(meta, data, features)
-        ref = proof.reference(model, meta, images, model_path)
-        record = export_record(model_path, meta, fmt, quantize, name)
-        wrapper = graph.calibrated(model, meta)
+        ref = proof.reference(model, meta, images, model_path, kind)
+        record = {**export_record(model_path, meta, fmt, quantize, name),
+                  "calibrated_from": f"logits (the {kind} switched off)" if kind else "logit(p), clipped"}
+        wrapper = graph.calibrated(model, meta, kind)
         tmp = partial_name(final)
         try:
             write_format(tmp, fmt, quantize, wrapper, record, meta, data, features)

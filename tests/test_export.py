@@ -36,6 +36,7 @@ def val(model_file):
 
 
 def reference(model_file, images):
+    """model.keras + T as `make predict` computes it (from the float32 probabilities)."""
     from export.proof import reference as ref
     from finetune.record import load_model
 
@@ -150,7 +151,7 @@ def test_graph_calibrates_saturated_probabilities_as_make_predict_does():
     classify.calibrate's float64 one, else T moves them apart (0.002 at T = 6.85, found at 150 px)."""
     import keras
 
-    from export.graph import calibrated
+    from export.graph import calibrated, to_logits
     from export.proof import reference
 
     x = keras.Input((4, 4, 3))
@@ -164,3 +165,12 @@ def test_graph_calibrates_saturated_probabilities_as_make_predict_does():
         got = np.asarray(calibrated(model, meta)(images), np.float64)
         ref = reference(model, meta, images)
         assert got.shape == (len(levels), 2) and np.abs(got - ref).max() <= 1e-6, (t, got - ref)
+    # From the logits (what exports use): the Dense's sigmoid switched off, sigmoid(z / T) exactly.
+    assert to_logits(model) == "sigmoid" and to_logits(model) is None  # switched off once; nothing left to find
+    z = (levels.astype(np.float64) - 127.5)
+    for t in (6.85, 0.5):
+        meta = {"image_size": 4, "calibration": {"temperature": t}}
+        got = np.asarray(calibrated(model, meta, "sigmoid")(images), np.float64)
+        ref = reference(model, meta, images, kind="sigmoid")
+        exact = 1 / (1 + np.exp(-z / t))  # up to the float32 kernel 1/3
+        assert np.abs(ref[:, 1] - exact).max() <= 1e-6 and np.abs(got - ref).max() <= 1e-6, (t, got - ref)
