@@ -104,6 +104,8 @@ def export_model(model_path, fmt: str, export_dir, quantize: str = "none", data=
             line = proof.describe(fmt, quantize, figures)
             if not figures["passed"]:
                 raise WorkflowError(f"{final}: proof failed, nothing written: {line}")
+            if os.path.exists(f"{final}.json"):  # the previous export's record must not vouch for this one
+                os.remove(f"{final}.json")
             _put(tmp, final)
         finally:
             if os.path.isdir(tmp):
