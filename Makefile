@@ -188,7 +188,7 @@ report: $(STAMP)
 	  --top-n $(TOP_N) --seed $(SEED) \
 	  $(if $(filter command line,$(origin MODEL_DIR)),$(call opt,--model-dir,$(MODEL_DIR)),$(if $(wildcard $(MODEL_DIR)/model.keras),--model-dir $(MODEL_DIR)))
 
-## postgres: install Debian's PostgreSQL server, start it (as user postgres) and create role+database PG_URL names (for STORAGE; as root)
+## postgres: install Debian's PostgreSQL server, start it (as user postgres), create role and database dogcat (password dogcat): PG_URL, for STORAGE and the tests (as root)
 PG_URL ?= postgresql://dogcat:dogcat@127.0.0.1:5432/dogcat
 postgres:
 	@command -v pg_ctlcluster >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
