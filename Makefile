@@ -13,6 +13,7 @@ SCALE ?= 0
 TF_PACKAGE := $(if $(filter 1,$(GPU)),tensorflow[and-cuda]==$(TF_VERSION),tensorflow-cpu==$(TF_VERSION))
 BASE_STAMP := $(VENV)/.installed-$(if $(filter 1,$(GPU)),gpu,cpu)
 SCALE_STAMP := $(VENV)/.installed-scale
+EXPORT_STAMP := $(VENV)/.installed-export
 STAMP := $(BASE_STAMP) $(if $(filter 1,$(SCALE)),$(SCALE_STAMP))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
@@ -44,6 +45,8 @@ PRECISION ?=
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
 # seconds between commits of a training run's resume state (_work/); 0: every epoch. A kill repeats at most these
 CHECKPOINT_S ?= 60
+# TensorBoard logs of make head, make finetune and each sweep trial under TB_DIR (empty: off); tensorboard --logdir TB_DIR
+TB_DIR ?=
 BATCH ?=
 EPOCHS ?=
 LR ?=
@@ -73,6 +76,10 @@ CLIP ?= 0.005
 PREDICTIONS ?= artifacts/predictions.csv
 SUBMISSION ?= artifacts/submission.csv
 ZIP ?= dogs-vs-cats.zip
+# --- export -------------------------------------------------------------------------------------------------
+FORMAT ?= savedmodel
+EXPORT_DIR ?= artifacts/export
+QUANTIZE ?= none
 BENCH_N ?= 600
 # SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; over an hour on 2 cores, not in CI)
 SCALE_N ?=
@@ -87,7 +94,7 @@ DEMO_N ?= 240
 
 opt = $(if $(2),$(1) $(2))
 
-.PHONY: help install data demo features head sweep finetune predict submission report browser bench test test-fast clean
+.PHONY: help install data demo features head sweep finetune predict submission export report browser postgres bench test test-fast clean
 
 ## help: list the targets and the variables they read (the default target)
 help:
@@ -97,7 +104,8 @@ help:
 	@echo "  LAYERS=$(LAYERS) AUG_VIEWS=$(AUG_VIEWS) ENGINE=$(ENGINE) SHARDS=$(SHARDS) VERIFY=$(VERIFY) DTYPE=$(DTYPE) VAL_SPLIT=$(VAL_SPLIT) SEED=$(SEED)"
 	@echo "  PRECISION=$(PRECISION) (auto|float32|bfloat16; empty: auto for features/finetune, the model's own for predict/submission)"
 	@echo "  HEAD_DIR=$(HEAD_DIR) MEM_BUDGET=$(MEM_BUDGET) MODEL_DIR=$(MODEL_DIR) UNFREEZE_FROM=$(UNFREEZE_FROM) FROM_CACHE=$(FROM_CACHE)"
-	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) CHECKPOINT_S=$(CHECKPOINT_S) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
+	@echo "  MIXED_PRECISION=$(MIXED_PRECISION) XLA=$(XLA) CHECKPOINT_S=$(CHECKPOINT_S) TB_DIR=$(TB_DIR) MODEL=$(MODEL) INPUT=$(INPUT) TEST=$(TEST) GPU=$(GPU) SCALE=$(SCALE)"
+	@echo "  FORMAT=$(FORMAT) EXPORT_DIR=$(EXPORT_DIR) QUANTIZE=$(QUANTIZE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N) SCALE_N=$(SCALE_N)"
 	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
 	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
@@ -114,6 +122,10 @@ $(BASE_STAMP): requirements.txt constraints.txt
 
 $(SCALE_STAMP): $(BASE_STAMP) requirements-scale.txt
 	$(PY) -m pip install -q -c constraints.txt -r requirements-scale.txt
+	@touch $@
+
+$(EXPORT_STAMP): $(BASE_STAMP) requirements-export.txt
+	$(PY) -m pip install -q -c constraints.txt -r requirements-export.txt
 	@touch $@
 
 ## install: create .venv with pinned dependencies (idempotent; GPU=1: tensorflow[and-cuda] instead of -cpu; SCALE=1: + Ray)
@@ -146,20 +158,20 @@ features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 head: $(STAMP)
 	$(PY) -m classify --features $(FEATURES) --head-dir $(HEAD_DIR) $(call opt,--layer,$(LAYER)) --seed $(SEED) \
 	  --mem-budget $(MEM_BUDGET) --head $(HEAD) --units $(UNITS) --dropout $(DROPOUT) --checkpoint-s $(CHECKPOINT_S) \
-	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## sweep: search head kinds and settings on FEATURES with Optuna (TRIALS, TIMEOUT=30m, STORAGE=<SQLAlchemy URL>) into SWEEP_DIR; best/ is a HEAD_DIR
 sweep: $(STAMP)
 	$(PY) -m classify.sweep --features $(FEATURES) --sweep-dir $(SWEEP_DIR) --trials $(TRIALS) $(call opt,--layer,$(LAYER)) \
 	  --seed $(SEED) --mem-budget $(MEM_BUDGET) $(call opt,--timeout,$(TIMEOUT)) $(call opt,--storage,$(STORAGE)) \
-	  $(call opt,--epochs,$(EPOCHS))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## finetune: stage 3, head back on the cache's backbone, equivalence check, fine-tune from UNFREEZE_FROM (FROM_CACHE=1: on its cached cut)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
 	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
-	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR))
+	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)
@@ -172,18 +184,37 @@ submission: $(STAMP)
 	  --tta $(TTA) --clip $(CLIP) $(call opt,--batch,$(BATCH)) \
 	  $(call opt,--precision,$(PRECISION))
 
+## export: MODEL as FORMAT=savedmodel|litert|onnx in EXPORT_DIR (uint8 RGB in, calibrated probabilities out; QUANTIZE=none|float16|int8|int8-full for litert), proven on the val images of its DATA/FEATURES
+export: $(STAMP) $(EXPORT_STAMP)
+	$(PY) -m export --model $(MODEL) --format $(FORMAT) --export-dir $(EXPORT_DIR) --quantize $(QUANTIZE) \
+	  $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(filter command line,$(origin FEATURES)),--features $(FEATURES))
+
 ## report: REPORT_DIR/report.html (scores, top losses, suspected label errors, near-duplicates) + CSVs; MODEL_DIR if it has model.keras
 report: $(STAMP)
 	$(PY) -m report --features $(FEATURES) --head-dir $(HEAD_DIR) --data $(DATA) --report-dir $(REPORT_DIR) \
 	  --top-n $(TOP_N) --seed $(SEED) \
 	  $(if $(filter command line,$(origin MODEL_DIR)),$(call opt,--model-dir,$(MODEL_DIR)),$(if $(wildcard $(MODEL_DIR)/model.keras),--model-dir $(MODEL_DIR)))
 
+## postgres: install Debian's PostgreSQL server, start it (as user postgres), create role and database dogcat (password dogcat): PG_URL, for STORAGE and the tests (as root)
+PG_URL ?= postgresql://dogcat:dogcat@127.0.0.1:5432/dogcat
+postgres:
+	@command -v pg_ctlcluster >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	@cluster=$$(pg_lsclusters -h | head -n1 | awk '{print $$1" "$$2}'); \
+	if [ -z "$$cluster" ]; then pg_createcluster $$(ls /usr/lib/postgresql | sort -n | tail -n1) main >/dev/null; \
+	  cluster=$$(pg_lsclusters -h | head -n1 | awk '{print $$1" "$$2}'); fi; \
+	pg_lsclusters -h | head -n1 | grep -q online || pg_ctlcluster $$cluster start
+	@runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_roles WHERE rolname='dogcat'" | grep -q 1 || \
+	  runuser -u postgres -- psql -qc "CREATE ROLE dogcat LOGIN CREATEDB PASSWORD 'dogcat'"
+	@runuser -u postgres -- psql -qtAc "SELECT 1 FROM pg_database WHERE datname='dogcat'" | grep -q 1 || \
+	  runuser -u postgres -- createdb -O dogcat dogcat
+	@echo "PostgreSQL up: STORAGE=$(PG_URL) (tests read PG_URL; stop it with pg_ctlcluster <version> main stop)"
+
 ## browser: install Debian's chromium (the test that renders report.html headless); a no-op when it is there
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## bench: measure every stage against the recipe it replaces (BENCH_N images), then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
-bench: $(STAMP) $(SCALE_STAMP)
+## bench: measure every stage against the recipe it replaces (BENCH_N images) and the exports, then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
+bench: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
 	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
 	$(if $(SCALE_N),,$(PY) -m bench.backbones --out artifacts/bench_backbones.json --md artifacts/bench_backbones.md)
 
@@ -193,13 +224,13 @@ bench: $(STAMP) $(SCALE_STAMP)
 # WEIGHTS=none, 75x75; installs the Ray extra that it tests. PRECISION=auto follows the CPU's bf16 flags, so the fast
 # tier runs once more as the other kind of CPU: PRECISION_CPU_FLAGS (read by core/precision.py alone) stands in for them.
 OTHER_CPU := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo none || echo avx512_bf16)
-test: $(STAMP) $(SCALE_STAMP)
-	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest
+test: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
+	PG_URL=$(PG_URL) TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -m "not slow"
 	PRECISION_CPU_FLAGS=$(OTHER_CPU) $(PY) -m pytest -m "not slow"
 
 ## test-fast: the edit-test loop: every test not marked slow (a few minutes on 2 cores), with this CPU's oneDNN default
-test-fast: $(STAMP) $(SCALE_STAMP)
+test-fast: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
 	$(PY) -m pytest -m "not slow"
 
 ## clean: remove artifacts/ and data/demo (keeps .venv and real data)

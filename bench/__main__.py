@@ -36,6 +36,11 @@ def parse_args(argv=None):
                    help="synthetic pooled rows for the report's row-dependent parts (report_s at scale)")
     p.add_argument("--peak-seconds", type=float, default=2.0,
                    help="seconds of repeats per GEMM size and dtype when measuring the machine's peaks")
+    p.add_argument("--only-exports", action="store_true",
+                   help="only the export section (model.keras against SavedModel, ONNX and LiteRT: size, latency, "
+                        "batch throughput), into artifacts/bench_exports.json unless --out")
+    p.add_argument("--exports", default="all", help="exports the export section times: all, or a comma list of "
+                                                   "FORMAT[:QUANTIZE], e.g. onnx,litert:int8")
     p.add_argument("--work", default=None, help="scratch folder, deleted at the end (artifacts/bench_work; with "
                                                "--scale-n artifacts/bench_scale_work)")
     p.add_argument("--out", default=None, help="artifacts/bench.json; with --scale-n artifacts/bench_scale.json")
@@ -51,6 +56,8 @@ def parse_args(argv=None):
     if n:
         given = {k: a[k] for k in ("img_size", "mem_budget", "work", "out") if a[k] is not None}
         return ScaleOptions(n=n, images=images, **given)
+    if a["only_exports"] and a["out"] is None:
+        a["out"] = "artifacts/bench_exports.json"
     return Options(**{k: v for k, v in a.items() if v is not None})
 
 

@@ -84,6 +84,10 @@ def markdown(res) -> str:
     lines += limits_rows(res)
     spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
     lines.append(f"| wall seconds per part | {spent} | | |")
+    if "exports" in res:  # its own table: one row per format and quantisation
+        from .exports import markdown_rows
+
+        lines += ["", *markdown_rows(res["exports"])]
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ from core.runs import DEFAULT_CHECKPOINT_S
 from extract import images
 from extract.synth import make_dataset
 
-from . import finetuning as bft, iteration, limits, stages
+from . import exports, finetuning as bft, iteration, limits, stages
 from .peaks import machine_peaks
 from .profile import flop_ceiling
 from .report import check, markdown
@@ -53,6 +53,8 @@ class Options:
     sweep_epochs: int = 20
     report_rows: int = 25_000
     peak_seconds: float = 2.0
+    only_exports: bool = False  # the export section alone (bench/exports.py), into its own OUT
+    exports: str = "all"  # which exports the section times: all, or e.g. onnx,litert:int8
     work: str = "artifacts/bench_work"
     out: str = "artifacts/bench.json"
 
@@ -65,17 +67,41 @@ def head_parameters(feature_shape) -> int:
 def run_bench(a: Options) -> int:
     """Every section in turn, under a lock on bench.json; writes bench.json and bench.md, prints the table."""
     with output_lock(a.out, "OUT"):  # python -m bench --out
-        return _run(a)
+        return _run_exports(a) if a.only_exports else _run(a)
 
 
-def _run(a: Options) -> int:
+def _prepare(a: Options):
+    """(scratch folder, image folder, their paths, the results dict started): the bench's generated images."""
     work = a.work
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     data = os.path.join(work, "images")
     make_dataset(data, n=a.n, layout="kaggle", size=(320, 420), seed=0, junk=False)  # ~350x400, as Kaggle's
-    imgs = images.discover(data)
     res = {"config": asdict(a), "machine": machine(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return work, data, images.discover(data), res
+
+
+def _run_exports(a: Options) -> int:
+    """--only-exports: the images, a cache, a head, model.keras and the export section; OUT and its .md."""
+    work, data, _, res = _prepare(a)
+    cache32 = stages.build_cache(a, data, os.path.join(work, "features.h5"))
+    run_head_cli(cache32, os.path.join(work, "head-float32"), "--epochs", str(a.head_epochs))
+    t0 = time.perf_counter()
+    res["exports"] = exports.exports_section(cache32, os.path.join(work, "head-float32"), data,
+                                             os.path.join(work, "exports"), a.repeats,
+                                                 exports.parse_exports(a.exports))
+    res["section_s"] = {"exports": round(time.perf_counter() - t0, 1)}
+    write_json(a.out, res)
+    md = "\n".join(exports.markdown_rows(res["exports"])) + "\n"
+    write_text(os.path.splitext(a.out)[0] + ".md", md)
+    shutil.rmtree(work, ignore_errors=True)
+    print(md)
+    print(f"wrote {a.out} and {os.path.splitext(a.out)[0]}.md")
+    return 0
+
+
+def _run(a: Options) -> int:
+    work, data, imgs, res = _prepare(a)
     print(f"bench: {a.n} images of ~350x400 at {a.img_size}px, {a.repeats} timed repeats each")
 
     spent = res["section_s"] = {}  # wall seconds per part, so that a slow bench shows where its time goes
@@ -166,6 +192,10 @@ def _run(a: Options) -> int:
         res["report"] = iteration.report_seconds(cache32, os.path.join(work, "head-float32"), data, work,
                                                  a.report_rows)
         res["report_s"] = res["report"]["report_s"]
+    with section("exports"):  # model.keras against each export format and quantisation
+        res["exports"] = exports.exports_section(cache32, os.path.join(work, "head-float32"), data,
+                                                 os.path.join(work, "exports"), a.repeats,
+                                                 exports.parse_exports(a.exports))
     with section("checksums"):
         res["checksums"] = checksum_cost(repeats=a.repeats, folder=work)
         res["checksum_read_cost"] = res["checksums"]["checksum_read_cost"]

@@ -48,7 +48,8 @@ def parse_args(argv=None) -> Settings:
         p.error(str(e))
     return Settings(features=a.features, head_dir=a.head_dir, layer=a.layer, epochs=a.epochs, batch=a.batch, lr=a.lr,
                     seed=a.seed, deterministic=bool(a.deterministic), xla=bool(a.xla), mem_budget=a.mem_budget,
-                    head=a.head, units=a.units, dropout=a.dropout, checkpoint_s=a.checkpoint_s)
+                    head=a.head, units=a.units, dropout=a.dropout, checkpoint_s=a.checkpoint_s,
+                    tb_dir=a.tb_dir)
 
 
 @cli

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
-from core import space
+from core import space, tblogs
 from core.files import fingerprint
 from core.lock import output_lock
 from core.metrics import scores, val_keys
@@ -49,6 +49,7 @@ class Settings:
     units: int = HEAD_UNITS
     dropout: float = HEAD_DROPOUT
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit HEAD_DIR/_work/ at most this often (core/runs.py)
+    tb_dir: str = ""  # TB_DIR: TensorBoard logs in TB_DIR/head (core/tblogs.py); empty: none
 
     @property
     def head_config(self) -> dict:
@@ -88,7 +89,7 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
     t0 = time.perf_counter()
     feeds = data.Feeds(cache, s.layer, tr, va, s.batch, s.seed, scale, in_memory)
     load_s = time.perf_counter() - t0
-    run = RunState(s.head_dir, identity, s.checkpoint_s)
+    run = RunState(s.head_dir, identity, s.checkpoint_s, tblogs.stage_dir(s.tb_dir, "head"))
     t1 = time.perf_counter()
     head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic,
                       head=s.head_config)

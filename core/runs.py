@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from . import tblogs
 from .errors import WorkflowError
 from .files import replacing, write_json
 
@@ -193,10 +194,12 @@ class RunState:
     """The resume folder `<out_dir>/_work/` of one run, identified by `identity` (see module docstring).
 
     `checkpoint_s`: commit at most this often (0: every epoch); None: never (a run nobody resumes, e.g. a sweep
-    trial: the best weights stay in memory). Not part of the identity: a rerun may change it and still resume."""
+    trial: the best weights stay in memory). Not part of the identity: a rerun may change it and still resume.
+    `tb_dir`: TensorBoard logs of the run go there (core/tblogs.py); None: none."""
 
-    def __init__(self, out_dir, identity: dict, checkpoint_s=DEFAULT_CHECKPOINT_S):
+    def __init__(self, out_dir, identity: dict, checkpoint_s=DEFAULT_CHECKPOINT_S, tb_dir=None):
         self.dir = os.path.join(str(out_dir), WORK)
+        self.tb_dir = tb_dir
         self.identity = identity
         self.checkpoint_s = None if checkpoint_s is None else float(checkpoint_s)
         self.run = os.path.join(self.dir, "run.json")
@@ -241,6 +244,7 @@ class RunState:
         return [
             EpochClock(feeds),  # first: the epoch must be set before the iterator starts, and seconds logged
             keras.callbacks.CSVLogger(self.history, append=True),
+            *([tblogs.callback(self.tb_dir)] if self.tb_dir else []),
             ResumableEarlyStopping(self.rows(), patience=patience, verbose=verbose),
             self._commit,
         ]

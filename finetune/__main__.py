@@ -51,7 +51,7 @@ def parse_args(argv=None) -> Settings:
     return Settings(data=a.data, features=a.features, head_dir=a.head_dir, model_dir=a.model_dir,
                     unfreeze_from=a.unfreeze_from, epochs=a.epochs, batch=a.batch, lr=a.lr, patience=a.patience,
                     seed=a.seed, mixed_precision=a.mixed_precision, xla=bool(a.xla), from_cache=bool(a.from_cache),
-                    precision=a.precision, checkpoint_s=a.checkpoint_s)
+                    precision=a.precision, checkpoint_s=a.checkpoint_s, tb_dir=a.tb_dir)
 
 
 @cli

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from classify import calibrate
 from classify.record import read_head_record
-from core import precision, space
+from core import precision, space, tblogs
 from core.files import fingerprint
 from core.lock import output_lock
 from core.metrics import scores
@@ -52,6 +52,7 @@ class Settings:
     from_cache: bool = False
     precision: str = "auto"  # auto | float32 | bfloat16 (core/precision.py); MIXED_PRECISION on a GPU wins over it
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit MODEL_DIR/_work/ at most this often
+    tb_dir: str = ""  # TB_DIR: TensorBoard logs in TB_DIR/finetune (core/tblogs.py); empty: none
 
 
 def precisions(resolved: str, mixed: bool) -> tuple:
@@ -71,6 +72,7 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
     return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
             "mixed_precision_flag": s.mixed_precision, "precision": export_in, "training_precision": train_in,
             "cache_precision": cache.precision, **precision.record(s.precision), "checkpoint_s": s.checkpoint_s,
+            "tb_dir": os.path.abspath(s.tb_dir) if s.tb_dir else None,
             "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
             "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",
@@ -137,7 +139,8 @@ def _run(s: Settings, cache, path) -> int:
           f"({sum(int(v.numpy().size) for v in trained.trainable_weights):,} parameters) {path.describe(s, cache, tr)}, "
           f"{train_in} compute, XLA {'on' if cfg['xla'] else 'off'}, "
           f"{replicas} replica(s) x {s.batch // replicas} images")
-    run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]}, s.checkpoint_s)
+    run = RunState(s.model_dir, {"run_fingerprint": cfg["run_fingerprint"]}, s.checkpoint_s,
+                   tblogs.stage_dir(s.tb_dir, "finetune"))
     t_fit = time.perf_counter()
     resume = train.fit(trained, ds_train, ds_val, run, s.epochs, s.patience, feeds)
     fit_s = time.perf_counter() - t_fit

@@ -1,11 +1,13 @@
 """`make bench` keeps working: the harness on a handful of images (its figures mean nothing at this size)."""
 import json
+import os
 
 import numpy as np
 import pytest
 
 from bench.limits import SLOWER_MARGIN
 from conftest import run_module
+from core import WorkflowError
 from core.precision import resolve
 
 
@@ -14,7 +16,7 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     r = run_module("bench", "--n", 24, "--img-size", 75, "--repeats", 1, "--rss-rows", 120, "--mem-budget", "1M",
                    "--ft-n", 24, "--baseline-rows", 200, "--skip-ray", "--device-figures", "--sweep-trials", 2,
-                   "--sweep-epochs", 2, "--report-rows", 2000, "--peak-seconds", 0.2, "--work", tmp_path / "work",
+                   "--sweep-epochs", 2, "--report-rows", 2000, "--peak-seconds", 0.2, "--exports", "onnx", "--work", tmp_path / "work",
                    "--out", out, timeout=1500)  # every section at toy size: 11 min on 2 busy cores
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -65,11 +67,13 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert res["sweep_2_s"] > 0 and res["sweep"]["complete"] + res["sweep"]["pruned"] == 2
     assert res["tta"]["tta_flip_cost"] > 0 and res["report_s"] > 0 and res["report"]["at_scale"]["rows"] == 2000
     assert res["checksums"]["plain_read_mb_s"] > 0 and res["checksums"]["checksummed_read_mb_s"] > 0
-    assert {"head_kinds", "sweep", "tta", "report", "checksums"} <= set(res["section_s"])
+    assert {"head_kinds", "sweep", "tta", "report", "checksums", "exports"} <= set(res["section_s"])
+    assert [(r["format"], r["quantize"]) for r in res["exports"]["rows"]] == [("model.keras", "none"), ("onnx", "none")]
     md = (tmp_path / "bench.md").read_text()
     for key in ("head_epoch_speedup", "pooled_vs_flatten_epoch", "sweep_2_s", "report_s", "checksum_read_cost",
                 *fractions):
         assert f"| `{key}` |" in md, key
+    assert "| onnx | none |" in md
     assert not (tmp_path / "work").exists()  # scratch removed
 
 
@@ -130,3 +134,23 @@ def test_backbone_bench_short_version(tmp_path):
     assert set(e["members"]) == {"inception_v3", "resnet50"} and e["ensemble_over_sum"] > 0
     assert e["ensemble"]["gflops_per_image"] > res["backbones"]["inception_v3"][0]["gflops_per_image"]
     assert "| inception_v3 | 75 |" in md.read_text() and "Ensemble (" in md.read_text()
+
+
+def test_export_section_times_model_keras_and_each_export(cache_path, train_dir, tmp_path):
+    """Size, 1-image latency and batch-32 throughput of model.keras and of an export, in one run, with its proof."""
+    from test_finetune import write_head
+
+    from bench.exports import exports_section, markdown_rows, parse_exports
+
+    head_dir = write_head(cache_path, str(tmp_path / "head"))
+    sec = exports_section(cache_path, head_dir, train_dir, tmp_path / "exports", repeats=2,
+                          which=parse_exports("litert"))
+    keras_row, lite = sec["rows"]
+    assert (keras_row["format"], lite["format"], lite["quantize"]) == ("model.keras", "litert", "none")
+    for r in (keras_row, lite):
+        assert r["bytes"] > 1e6 and r["latency_ms"] > 0 and r["batch_img_s"] > 0
+    assert lite["max_abs_diff"] <= 1e-4 and 0 <= lite["accuracy"] <= 1
+    assert lite["bytes"] == os.path.getsize(tmp_path / "exports" / "model.tflite")
+    assert any(line.startswith("| litert | none |") for line in markdown_rows(sec))
+    with pytest.raises(WorkflowError, match="not among"):
+        parse_exports("onnx:int8")

@@ -315,7 +315,7 @@ def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_d
     from finetune.run import finetune
 
     model_dir = tmp_path / "ft"
-    a = ft_settings(train_dir, views_cache, head_dir, model_dir, epochs=2, lr=1e-4)
+    a = ft_settings(train_dir, views_cache, head_dir, model_dir, epochs=2, lr=1e-4, tb_dir=str(tmp_path / "tb"))
     assert finetune(a) == 0
     out = capsys.readouterr().out
     assert "equivalence:" in out and "export:" in out and "clean + 2 cached views" in out
@@ -328,6 +328,18 @@ def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_d
     assert m["export_check"]["n_images"] > 0 and len(m["history"]["epoch"]) == 2
     assert (model_dir / "curves.png").exists() and not (model_dir / "_work").exists()
     assert finetune(a) == 0 and "up to date" in capsys.readouterr().out
+    from test_tensorboard import scalars  # TB_DIR=tb: the run's epochs, as history.csv has them
+
+    train = scalars(tmp_path / "tb" / "finetune" / "train")
+    assert [s for s, _ in train["epoch_loss"]] == [0, 1] and all(abs(v - 1e-4) < 1e-10
+                                                                 for _, v in train["epoch_learning_rate"])
+    assert [s for s, _ in scalars(tmp_path / "tb" / "finetune" / "validation")["epoch_loss"]] == [0, 1]
+    # make export on this very record (whatever precision it was saved in: exported and proven in float32)
+    from export.run import export_model
+
+    rec = export_model(str(model_dir / "model.keras"), "savedmodel", tmp_path / "export")
+    assert rec["proof"]["passed"] and rec["proof"]["max_abs_diff"] <= 1e-4 and rec["proof"]["n"] > 0
+    assert rec["temperature"] == m["calibration"]["temperature"] and rec["class_names"] == ["cat", "dog"]
 
 
 @pytest.mark.slow

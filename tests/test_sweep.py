@@ -63,9 +63,31 @@ def test_timeout_parsing():
 @pytest.fixture(scope="module")
 def swept(hard_cache_path, tmp_path_factory):
     d = tmp_path_factory.mktemp("sweep")
-    r = run_module("classify.sweep", *sweep_args(hard_cache_path, d))
+    r = run_module("classify.sweep", *sweep_args(hard_cache_path, d), "--tb-dir", d / "tb")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return d, r
+
+
+def test_tb_dir_holds_each_trial_and_the_hparams_experiment(swept):
+    """TB_DIR/sweep: the HParams experiment (every searched parameter), one run per trial with its parameters,
+    its val log loss and Keras' per-epoch scalars."""
+    from test_tensorboard import hparams_of, scalars, summary_plugins
+
+    from classify.sweep.search import PARAMS
+
+    d, _ = swept
+    tb = d / "tb" / "sweep"
+    experiment = hparams_of(summary_plugins(tb)["hparams"]["_hparams_/experiment"]).experiment
+    assert {h.name for h in experiment.hparam_infos} == set(PARAMS)
+    assert "val_log_loss" in {m.name.tag for m in experiment.metric_infos}
+    runs = sorted(n for n in os.listdir(tb) if n.startswith("trial-"))
+    assert len(runs) >= TRIALS  # every trial ran here (a pruned one too)
+    for run in runs:
+        found = summary_plugins(tb / run)
+        start = hparams_of(found["hparams"]["_hparams_/session_start_info"]).session_start_info
+        assert set(start.hparams) == set(PARAMS) and "val_log_loss" in found["scalars"]
+        val = scalars(tb / run / "validation")
+        assert val["epoch_loss"] and [s for s, _ in val["epoch_loss"]] == list(range(len(val["epoch_loss"])))
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from core import cli
+from core.options import add_tb_dir
 
 from . import outputs, search
 
@@ -26,13 +27,15 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=20, help="most epochs per trial; early stopping/pruning end sooner")
     p.add_argument("--seed", type=int, default=42, help="weights init, shuffling and the sampler (SEED)")
     p.add_argument("--mem-budget", default="2G", help="features in memory up to this size, else streamed (MEM_BUDGET)")
+    add_tb_dir(p)
     return p.parse_args(argv)
 
 
 @cli
 def main(argv=None):
     a = parse_args(argv)
-    c = search.run_sweep(a.features, a.sweep_dir, a.trials, a.layer, a.epochs, a.seed, a.mem_budget, a.timeout, a.storage)
+    c = search.run_sweep(a.features, a.sweep_dir, a.trials, a.layer, a.epochs, a.seed, a.mem_budget, a.timeout, a.storage,
+                         a.tb_dir)
     best = os.path.join(a.sweep_dir, outputs.BEST)
     print(f"{a.sweep_dir}: study {c['study']} holds {c['complete']} complete + {c['pruned']} pruned (TRIALS="
           f"{a.trials}), {c['fail']} failed; {c['ran_here']} run by this process. best val log loss "

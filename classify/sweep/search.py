@@ -12,6 +12,9 @@ command resumes: finished trials stay in the database, the trial that was runnin
 trials still missing to reach TRIALS (COMPLETE + PRUNED) are run. Several processes on one study (one SWEEP_DIR, or
 one STORAGE across machines) together run exactly TRIALS: a trial runs only if fewer than TRIALS unfailed trials
 were created before it (trial numbers are handed out by the database, in order), else it is refused as surplus.
+A worker that finds the quota filled by trials still running elsewhere waits for them instead of leaving: a trial
+whose worker died on another machine is failed by Optuna's heartbeat after GRACE_S and rerun once with the same
+parameters (classify/sweep/study.py), so the study still ends with TRIALS.
 """
 import os
 import shutil
@@ -21,7 +24,7 @@ import warnings
 import numpy as np
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
-from core import WorkflowError
+from core import WorkflowError, tblogs
 from core.files import fingerprint
 from core.runs import RunState
 
@@ -29,7 +32,7 @@ from .. import data, record, train
 from ..head import head_config
 from ..stage import PATIENCE, head_metrics
 from . import outputs
-from .study import Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity
+from .study import HEARTBEAT_S, Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity, shown
 
 # The search space, written once: (name, kind, values). "log": log-uniform in [lo, hi]; "float": uniform.
 SPACE = (
@@ -127,7 +130,8 @@ def run_trial(trial, ctx: dict) -> float:
                 "study": ctx["study"], **p}
     pruning = PruningCallback(trial)
     # Stage 2's own bookkeeping, without commits: a killed trial is failed and never resumed, so they would only write.
-    run = RunState(trial_dir, identity, checkpoint_s=None)
+    tb_run = os.path.join(ctx["tb_dir"], f"trial-{trial.number:04d}") if ctx["tb_dir"] else None
+    run = RunState(trial_dir, identity, checkpoint_s=None, tb_dir=tb_run)
     try:
         head = train.train_head(feeds, ctx["epochs"], p["lr"], ctx["seed"], run, PATIENCE, verbose=0, head=hc,
                                 weight_decay=p["weight_decay"], extra_callbacks=[pruning])
@@ -140,11 +144,13 @@ def run_trial(trial, ctx: dict) -> float:
               "seconds": round(time.perf_counter() - t0, 3)}  # the trial's wall time, data and tracing included
     for k in (*outputs.METRICS, "temperature"):
         trial.set_user_attr(k, head_m[k])
+    if tb_run:  # TensorBoard's HParams view: this trial's point and its result
+        tblogs.write_trial(tb_run, f"trial-{trial.number:04d}", p, {"val_log_loss": head_m["val_log_loss"]})
     config = {"features": os.path.abspath(cache.path), "layer": ctx["layer"], "head": hc,
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
               "loss": "binary_crossentropy", "patience": PATIENCE, "deterministic": True,
-              "checkpoint_s": None,
+              "checkpoint_s": None, "tb_dir": tb_run,
               "mem_budget": ctx["mem_budget"], "feature_scale": ctx["scale"],
               "feature_scale_note": "folded into the head's first Dense kernel: head.keras takes raw features",
               "cache_config": cache.config, "trial": trial.number,
@@ -168,8 +174,9 @@ def run_trial(trial, ctx: dict) -> float:
 
 
 def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed: int = 42,
-              mem_budget="2G", timeout=None, storage=None) -> dict:
-    """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts."""
+              mem_budget="2G", timeout=None, storage=None, tb_dir="") -> dict:
+    """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts.
+    `tb_dir` (TB_DIR): TensorBoard logs in TB_DIR/sweep, one run per trial and the HParams experiment."""
     import optuna
     from tqdm import tqdm
 
@@ -181,24 +188,29 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
     budget = data.parse_bytes(mem_budget)
+    # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
+    # First: a wrong STORAGE, a server that is down or a missing driver fails before any work.
+    with outputs.locked(sweep_dir):
+        storage = make_storage(url)
     with open_cache(features, layer=layer or None, need_labels=True, fix="make features") as cache:
         layer = layer or cache.layer  # the cache's own layer unless LAYER is given
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         in_memory = data.held_bytes(cache, np.concatenate([tr, va]), layer) <= budget
         _, _, scale = data.pool_and_scale(cache, layer, np.concatenate([tr, va]), tr)
         name = study_name(cache, layer, epochs, seed)
-        # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
         with outputs.locked(sweep_dir):
-            study = optuna.create_study(study_name=name, storage=make_storage(url), direction="minimize",
+            study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
                                         load_if_exists=True, sampler=make_sampler(seed, 0),
                                         pruner=optuna.pruners.MedianPruner(**PRUNER))
             study.set_metric_names(["val_log_loss"])
         ctx = {"cache": cache, "layer": layer, "tr": tr, "va": va, "scale": scale, "in_memory": in_memory,
                "epochs": epochs, "seed": seed, "sweep_dir": sweep_dir, "trials": trials, "study": name,
-               "mem_budget": mem_budget}
+               "mem_budget": mem_budget, "tb_dir": tblogs.stage_dir(tb_dir, "sweep")}
+        if ctx["tb_dir"]:
+            tblogs.write_experiment(ctx["tb_dir"], SPACE, "val_log_loss")
         killed = fail_dead_trials(study)
         c = counts(study)
-        tqdm.write(f"study {name} in {url}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
+        tqdm.write(f"study {name} in {shown(url)}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
                    f"{f' ({killed} left running by a killed worker, now failed)' if killed else ''}; "
                    f"TRIALS={trials}, {len(tr)} train / {len(va)} val rows {'in memory' if in_memory else 'streamed'}")
         ran = 0
@@ -211,8 +223,14 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
                 if c["complete"]:
                     bar.set_postfix(best=f"{study.best_value:.4f}", trial=study.best_trial.number)
                 bar.refresh()
-                if done >= trials or done + c["running"] >= trials or time.monotonic() >= deadline:
-                    break  # finished, or the running trials of other workers complete the quota
+                if done >= trials or time.monotonic() >= deadline:
+                    break
+                if done + c["running"] >= trials:
+                    # Other workers' running trials would complete the quota, unless one of them died (on another
+                    # machine: only its stopped heartbeat tells). Wait and see: a stale trial is failed and rerun.
+                    optuna.storages.fail_stale_trials(study)
+                    time.sleep(HEARTBEAT_S / 2)
+                    continue
                 n_before = len(study.get_trials(deepcopy=False))
                 study.optimize(lambda t: run_trial(t, ctx), n_trials=1, catch=(Surplus,), gc_after_trial=True)
                 last = [t for t in study.get_trials(deepcopy=False)[n_before:]]
@@ -224,5 +242,5 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
         with outputs.locked(sweep_dir):
             outputs.write_outputs(sweep_dir, study, PARAMS, seed)
         c = counts(study)
-        c.update({"ran_here": ran, "study": name, "storage": url})
+        c.update({"ran_here": ran, "study": name, "storage": shown(url)})
         return c

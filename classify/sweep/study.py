@@ -26,13 +26,41 @@ def parse_duration(text) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def shown(url) -> str:
+    """`url` with its password masked, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL has no password to find: show it as given
+        return url
+
+
 def make_storage(url):
-    """Optuna's RDBStorage at `url`, with a heartbeat (stale trials of dead workers elsewhere are failed)."""
+    """Optuna's RDBStorage at `url`, with a heartbeat: a trial whose worker stopped beating (killed on another
+    machine) is failed after GRACE_S and rerun once with the same parameters. A URL that does not parse, a missing
+    driver or a server that does not answer raise WorkflowError with the fix."""
     import optuna
+    import sqlalchemy.exc
 
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                      grace_period=GRACE_S)
+    fix = ("STORAGE takes a SQLAlchemy URL such as postgresql://user:password@host:5432/db or sqlite:///path.db; "
+           "`make postgres` starts a local PostgreSQL server")
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except ImportError as e:  # SQLAlchemy imports the dialect's driver when the engine is made (Optuna rewraps it)
+        cause = e.__cause__ or e
+        raise WorkflowError(f"STORAGE={shown(url)}: its database driver is not installed ({cause}); run `make "
+                            f"install` (requirements.txt pins psycopg[binary], SQLAlchemy's driver for "
+                            f"postgresql://)") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise WorkflowError(f"STORAGE={shown(url)}: not a usable SQLAlchemy URL ({e}); {fix}") from None
+    except sqlalchemy.exc.OperationalError as e:  # server down, wrong host/port/password, no such database
+        reason = " ".join(str(e.orig or e).split())[:300]
+        raise WorkflowError(f"STORAGE={shown(url)}: cannot connect ({reason}); start the server or fix the URL. "
+                            f"{fix}") from None
 
 
 def process_identity(pid=None) -> dict:
