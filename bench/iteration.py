@@ -62,7 +62,7 @@ def tta_flip_cost(image_root, img_size: int, batch: int, repeats: int = 2) -> di
     import keras
 
     from extract import backbone
-    from finetune.predictions import list_inputs, predict_files
+    from finetune.probabilities import list_inputs, predict_files
 
     trunk = backbone.build_backbone(img_size, ["mixed7"], "none")
     model = keras.Model(trunk.input, build_head(tuple(trunk.output.shape[1:]), "pooled")(trunk.output))

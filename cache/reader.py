@@ -136,6 +136,10 @@ class FeatureCache:
             out[sel] = block[pos[sel] - c * cr]
         return out
 
+    def input_paths(self) -> list:
+        """Every input the cache was built from (cached or skipped), as relative paths in input order."""
+        return list(recorded_inputs(self.f))
+
     def summary(self) -> str:
         counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.class_names)}
         return (f"{self.path}: {len(self)} rows x {self.feature_shape()} {self.features().dtype} at layer "

@@ -42,6 +42,7 @@ class Settings:
     exclude: str = ""  # a CSV with a `path` column, or a text file of paths: left out (extract/exclude.py)
     verify: str = "size"  # the inputs' identity: relative paths + sizes, or + sha256 of every file (extract/verify.py)
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
+    labels: str = ""  # LABELS: a CSV naming each image and its `label` (extract/images.py); empty: the folder's layout
 
 
 def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resolved: str = "", sizes=None) -> dict:
@@ -57,7 +58,7 @@ def resolve_config(s: Settings, imgs: images.ImageSet, weights_info: dict, resol
         "preprocessing": backbone.PREPROCESSING, "resize": images.RESIZE, "dtype": s.dtype,
         "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify, "n_inputs": len(imgs.paths),
         "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, sizes),
-        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug,
+        "val_split": s.val_split, "split_seed": s.seed, **weights_info, **aug, **images.labels_identity(imgs),
     }, resolved or precision.resolve(s.precision, "inference"))
 
 
@@ -91,11 +92,12 @@ def up_to_date(features, config: dict, requested: str, inputs: dict) -> bool:
     return state == "up-to-date"
 
 
-def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto") -> dict:
-    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path, the
-    PRECISION asked for and whether this CPU has native bf16."""
+def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto", labels: str = "") -> dict:
+    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path (and
+    LABELS'), the PRECISION asked for and whether this CPU has native bf16."""
     return {"backbone_digest": digest, "versions": json.dumps(package_versions()), "command": command,
-            "data": os.path.abspath(imgs.root), **precision.record(requested)}
+            "data": os.path.abspath(imgs.root), **({"labels": os.path.abspath(labels)} if labels else {}),
+            **precision.record(requested)}
 
 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
@@ -175,10 +177,22 @@ def write_skipped(features, skipped) -> str:
     return path
 
 
+def report_unmatched(features, imgs: images.ImageSet, labels_csv: str):
+    """LABELS' rows without an image and images without a row: one line, and all of them in
+    `<FEATURES stem>.unmatched.txt` (`row<TAB>path` and `image<TAB>path` lines)."""
+    line = images.describe_unmatched(imgs, labels_csv)
+    if not line:
+        return
+    path = os.path.splitext(str(features))[0] + ".unmatched.txt"
+    write_text(path, "".join(f"row\t{p}\n" for p in imgs.missing) + "".join(f"image\t{p}\n" for p in imgs.unlisted))
+    print(f"{line}; all listed in {path}")
+
+
 def extract_features(s: Settings) -> int:
     """`make features` with ENGINE=local: check, then resume, rebuild or say "up to date"; print the summary."""
     backbone.check_img_size(s.img_size)
-    imgs = images.discover(s.data)
+    imgs = images.discover(s.data, s.labels)
+    report_unmatched(s.features, imgs, s.labels)
     check_views(s.aug_views, imgs, s.layers)
     split = split_of(imgs, s.val_split, s.seed)
     weights_info = backbone.resolve_weights(s.weights)
@@ -196,7 +210,7 @@ def extract_features(s: Settings) -> int:
     with precision.building(resolved):
         model = backbone.build_backbone(s.img_size, config["layers"], weights_info)
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(config["layers"], model.outputs)}
-    record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
+    record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision, s.labels)
     view_shapes, extractor = {}, None
     if s.aug_views:
         view_shapes = {l: shapes[l] for l in views.VIEW_LAYERS}

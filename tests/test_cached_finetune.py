@@ -280,7 +280,7 @@ def test_one_step_changes_the_weights_exactly_as_end_to_end(built, train_dir, op
 def test_exported_model_predicts_what_the_cached_model_predicted(built, train_dir, tmp_path):
     from core.runs import epoch_clock
     from finetune import cached as fc, train
-    from finetune.predictions import predict_files
+    from finetune.probabilities import predict_files
     from finetune.record import load_model, save_model
 
     model, _, cached, _, _, cache = built
