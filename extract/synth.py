@@ -5,8 +5,9 @@ Writes: N images under `--out` in the chosen layout, optionally with broken file
 them. Example: python -m extract.synth --out data/demo/train --n 200 --layout kaggle --broken 3
            python -m extract.synth --out data/five --n 200 --layout folders --classes 5
 
-`--classes K` > 2 (class folders or csv): class k has its own hue (K hues evenly spaced round the colour wheel) and
-a pattern (blobs for even k, stripes for odd), so that even a randomly initialised backbone separates them.
+`--classes K` > 2 (class folders, csv or unlabelled): class k has its own hue (K hues evenly spaced round the colour
+wheel) and
+a pattern (blobs for even k, stripes for odd, checks for the last of an odd K), so that even a randomly initialised backbone separates them.
 
 Class 0 ("cat") is warm-coloured with blobs, class 1 ("dog") cool-coloured with stripes: distinct enough that
 even a randomly initialised backbone separates them, so a test can demand real learning (>= 0.9 accuracy).
@@ -66,6 +67,20 @@ def _stripes(img, yy, xx, h, w, rng, contrast=1.0):
     img[m] = img[m] * (1 - contrast) + (img[m] * 0.4 + rng.uniform(0, 80, 3)) * contrast
 
 
+def _checks(img, yy, xx, h, w, rng, contrast=1.0):
+    size = rng.uniform(0.12, 0.25) * min(h, w)
+    m = ((yy // size + xx // size) % 2) == 0
+    img[m] = img[m] * (1 - contrast) + rng.uniform(0, 255, 3) * contrast
+
+
+def pattern_of(label: int, k: int):
+    """Blobs for even classes, stripes for odd; with an odd K the last class, whose hue neighbours class 0's (both
+    even), has checks instead, so that no two neighbouring hues share a pattern."""
+    if k % 2 and label == k - 1:
+        return _checks
+    return (_blobs, _stripes)[label % 2]
+
+
 def draw(label: int, h: int, w: int, rng, difficulty: float = 0.0, classes: int = 2) -> np.ndarray:
     """One RGB uint8 image of class `label` of `classes`; `difficulty` > 0 makes the (two) classes overlap (see
     `harden`)."""
@@ -73,7 +88,7 @@ def draw(label: int, h: int, w: int, rng, difficulty: float = 0.0, classes: int 
     if classes > 2:  # a branch of its own: two classes must draw the same random numbers as before
         img = np.broadcast_to(hue_colour(label, classes) + rng.normal(0, 12, 3), (h, w, 3)).copy()
         img *= (0.7 + 0.3 * (yy / h))[..., None]
-        (_blobs, _stripes)[label % 2](img, yy, xx, h, w, rng, 0.5)
+        pattern_of(label, classes)(img, yy, xx, h, w, rng, 0.8)
         img += rng.normal(0, 8, img.shape)
         return np.clip(img, 0, 255).astype(np.uint8)
     if difficulty > 0:  # a separate branch: difficulty 0 must draw the same random numbers as before
@@ -125,9 +140,9 @@ def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, j
         raise ValueError(f"difficulty={difficulty}: must be in [0, 1]")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; choose one of {LAYOUTS}")
-    if classes < 2 or (classes > 2 and (layout in TWO_CLASS_LAYOUTS or difficulty or odd or broken)):
-        raise ValueError(f"classes={classes}: need 2, or more with layout folders or csv (no difficulty, odd or "
-                         f"broken files)")
+    if classes < 2 or (classes > 2 and (layout in TWO_CLASS_LAYOUTS or difficulty or odd)):
+        raise ValueError(f"classes={classes}: need 2, or more with layout folders, csv or unlabelled (no difficulty "
+                         f"or odd files)")
     rng = np.random.default_rng(seed)
     written = {}
 
@@ -168,7 +183,7 @@ def make_dataset(out, n=40, layout="kaggle", size=(60, 160), seed=0, broken=0, j
         label, i = j % 2, n + 100 + j
         good = encode(draw(label, 80, 80, rng))
         data = [b"", good[: len(good) // 2], b"this is not an image\n", rng.bytes(3000)][j % 4]
-        put(_name(layout, label, i), data)
+        put(_name(layout, label, i, classes=classes), data)
     if junk:
         folders = ([""] if layout in ("kaggle", "unlabelled", "csv") else
                    list(CLASS_DIRS[layout]) if layout in TWO_CLASS_LAYOUTS else class_names(classes))
