@@ -40,22 +40,22 @@ def train_head(features, head_dir):
     return json.loads((head_dir / "metrics.json").read_text())
 
 
-def finetune_model(data, features, head_dir, model_dir):
+def finetune_model(data, features, head_dir, model_dir, from_cache=False):
     from finetune.run import Settings, finetune
 
     s = Settings(data=str(data), features=str(features), head_dir=str(head_dir), model_dir=str(model_dir), batch=16,
-                 epochs=1, lr=1e-4, precision="float32")
+                 epochs=1, lr=1e-4, precision="float32", from_cache=from_cache)
     assert finetune(s) == 0
     return json.loads((model_dir / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """5 class folders (30 images each): cache, head, fine-tuned model."""
+    """5 class folders (30 images each): cache (mixed7 and mixed6, for both stage-3 paths), head, fine-tuned model."""
     d = tmp_path_factory.mktemp("five")
     data = d / "train"
     make_dataset(data, n=150, layout="folders", classes=K, size=(60, 100), seed=1)
-    features = build_cache(data, d / "features.h5")
+    features = build_cache(data, d / "features.h5", "--layers", "mixed7,mixed6")
     head = train_head(features, d / "head")
     model = finetune_model(data, features, d / "head", d / "ft")
     return {"dir": d, "data": data, "features": features, "head": head, "model": model}
@@ -189,8 +189,17 @@ def test_five_class_folders_end_to_end(folders, tmp_path):
     meta = read_meta(model)
     assert meta["num_classes"] == K and meta["class_names"] == class_names(K) and "positive_class" not in meta
 
+    cached = finetune_model(folders["data"], folders["features"], folders["dir"] / "head", tmp_path / "ftc", True)
+    assert cached["reload_max_abs_diff"] <= 1e-3 and cached["export_check"]["max_abs_diff"] <= 1e-3
+    assert cached["calibration"]["n"] == 30 and "softmax" in cached["calibration"]["method"]
+
     out = tmp_path / "pred.csv"
     assert write_predictions(str(folders["data"]), model, str(out), batch=16, precision="float32") == 0
+    flip = tmp_path / "flip.csv"  # TTA and the temperature on K outputs keep rows that sum to 1
+    assert write_predictions(str(folders["data"] / "class02"), model, str(flip), batch=16, tta="flip",
+                             precision="float32") == 0
+    for r in read_csv(flip):
+        assert sum(float(r[f"prob_{c}"]) for c in class_names(K)) == pytest.approx(1, abs=1e-5)
     rows = read_csv(out)
     assert list(rows[0]) == ["path", "label", "prob"] + [f"prob_{c}" for c in class_names(K)]
     assert len(rows) == 150
