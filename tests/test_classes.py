@@ -263,3 +263,52 @@ def test_report_finds_flipped_labels_among_five_classes(labelled, tmp_path):
           f"{precision:.2f}, "
           f"recall {recall:.2f}")
     assert precision >= 0.8 and recall >= 0.9
+
+
+BASE_COMMIT = "713cd6e"  # main before K classes (issue 21's commit): the code that wrote today's binary artifacts
+
+
+@pytest.mark.slow
+def test_binary_artifacts_written_before_k_classes_stay_up_to_date_and_predict_the_same(tmp_path):
+    """The code of BASE_COMMIT writes a binary cache, head and model.keras and predicts; this code finds all three up
+    to date (same fingerprints) and writes the same P(dog) and the same submission file."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    base = tmp_path / "base"
+    base.mkdir()
+    archive = subprocess.run(f"git -C {ROOT} archive {BASE_COMMIT} | tar -x -C {base}", shell=True,
+                             capture_output=True, text=True)
+    if archive.returncode:
+        pytest.skip(f"commit {BASE_COMMIT} not in this clone: {archive.stderr.strip()[:200]}")
+    make_dataset(tmp_path / "train", n=40, layout="kaggle", seed=4)
+    make_dataset(tmp_path / "test", n=6, layout="unlabelled", seed=5)
+    w = {k: str(tmp_path / k) for k in ("train", "test", "f.h5", "head", "ft")}
+    stages = [("extract", "--data", w["train"], "--features", w["f.h5"], "--img-size", "75", "--weights", "none",
+               "--batch", "16", "--precision", "float32"),
+              ("classify", "--features", w["f.h5"], "--head-dir", w["head"], "--epochs", "2", "--lr", "1e-3",
+               "--batch", "16", "--seed", "0"),
+              ("finetune", "--data", w["train"], "--features", w["f.h5"], "--head-dir", w["head"], "--model-dir",
+               w["ft"], "--epochs", "1", "--batch", "16", "--precision", "float32")]
+
+    def run(code, module, *args):
+        r = subprocess.run([sys.executable, "-m", module, *args], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        return r.stdout
+
+    def outputs(code, tag):
+        model = os.path.join(w["ft"], "model.keras")
+        run(code, "finetune.predict", "--input", w["test"], "--model", model, "--out", str(tmp_path / f"{tag}.csv"))
+        run(code, "finetune.submission", "--test", w["test"], "--model", model, "--out", str(tmp_path / f"{tag}s.csv"))
+        return ({r["path"]: (r["prob_dog"], r["label"]) for r in read_csv(tmp_path / f"{tag}.csv")},
+                (tmp_path / f"{tag}s.csv").read_text())
+
+    for stage in stages:
+        run(base, *stage)
+    before = outputs(base, "base")
+    for stage in stages:
+        assert "up to date" in run(ROOT, *stage), stage[0]
+    assert outputs(ROOT, "new") == before
