@@ -142,6 +142,8 @@ class FeatureCache:
 
     def summary(self) -> str:
         counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.class_names)}
+        if len(counts) > 5:  # 37 breeds do not fit a line: K and the range of rows per class
+            counts = f"{len(counts)} classes of {min(counts.values())}..{max(counts.values())} rows"
         return (f"{self.path}: {len(self)} rows x {self.feature_shape()} {self.features().dtype} at layer "
                 f"{self.layer!r}, {counts}, train={len(self.rows(SPLIT_TRAIN))} val={len(self.rows(SPLIT_VAL))} "
                 f"unlabelled={len(self.rows(SPLIT_NONE))}, skipped={len(self.skipped)}")

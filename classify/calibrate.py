@@ -38,8 +38,8 @@ def _softmax_t(p, temperature: float) -> np.ndarray:
 
 
 def apply_temperature(p, temperature: float) -> np.ndarray:
-    """A 1-D (or scalar) P(class 1) -> sigmoid(logit(p) / T); (n, K) probabilities -> (n, K) softmax(log P / T), K = 2 through
-    the sigmoid of its class-1 column. T = 1 gives back `p` (up to the EPS clip)."""
+    """A 1-D (or scalar) P(class 1) -> sigmoid(logit(p) / T); (n, K) probabilities -> (n, K) softmax(log P / T),
+    K = 2 through the sigmoid of its class-1 column. T = 1 gives back `p` (up to the EPS clip)."""
     p = np.asarray(p, np.float64)
     if p.ndim <= 1:
         return _sigmoid_t(p, temperature)

@@ -156,8 +156,8 @@ def train_stage(s: Settings) -> int:
         base_m, scale = run_baseline(cache, s.layer, s.seed, tr, va, s.head_dir)
         head_m, run = run_head(cache, s, tr, va, scale, in_memory, identity)
         settings = {k: v for k, v in asdict(s).items() if k not in ("head", "units", "dropout")}
-        config = {**settings, "head": identity["head"], "run_fingerprint": run_fp, "features": os.path.abspath(s.features),
-                  "head_dir": os.path.abspath(s.head_dir),
+        config = {**settings, "head": identity["head"], "run_fingerprint": run_fp,
+                  "features": os.path.abspath(s.features), "head_dir": os.path.abspath(s.head_dir),
                   "mem_budget_bytes": budget, "optimizer": "adam", "xla": s.uses_xla,
                   "loss": loss_name(len(cache.class_names)), "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "

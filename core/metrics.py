@@ -1,6 +1,7 @@
 """The one metric dictionary of a classifier's (n, K) probabilities: what every stage, the sweep and the report record.
 
-Reads and writes nothing. Example: python -c "from core.metrics import scores; print(scores([0, 1, 2], [[.8, .1, .1], [.2, .7, .1], [.3, .3, .4]]))"
+Reads and writes nothing.
+Example: python -c "from core.metrics import scores; print(scores([0, 1, 2], [[.8, .1, .1], [.2, .7, .1], [.3, .3, .4]]))"
 
 K = 2 is the binary case inside the same contract: a 1-D P(class 1) (a sigmoid head's output) is taken as
 (1 - p, p), and its dictionary holds exactly the keys and numbers it always did. K > 2 adds per-class accuracy,
@@ -81,7 +82,7 @@ def macro_auc(y, p):
 
 
 def most_confused(cm, n: int = CONFUSED_PAIRS) -> list:
-    """The `n` largest off-diagonal cells of a confusion matrix as [true class, predicted class, rows], largest first."""
+    """The `n` largest off-diagonal cells of a confusion matrix: [true class, predicted class, rows], largest first."""
     cm = np.asarray(cm)
     off = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
     return [[i, j, c] for c, i, j in sorted(off, key=lambda t: (-t[0], t[1], t[2]))[:n]]

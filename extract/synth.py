@@ -7,7 +7,8 @@ them. Example: python -m extract.synth --out data/demo/train --n 200 --layout ka
 
 `--classes K` > 2 (class folders, csv or unlabelled): class k has its own hue (K hues evenly spaced round the colour
 wheel) and
-a pattern (blobs for even k, stripes for odd, checks for the last of an odd K), so that even a randomly initialised backbone separates them.
+a pattern (blobs for even k, stripes for odd, checks for the last of an odd K), so that even a randomly initialised
+backbone separates them.
 
 Class 0 ("cat") is warm-coloured with blobs, class 1 ("dog") cool-coloured with stripes: distinct enough that
 even a randomly initialised backbone separates them, so a test can demand real learning (>= 0.9 accuracy).
