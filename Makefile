@@ -40,6 +40,8 @@ VERIFY ?= size
 AUG_VIEWS ?= 0
 ENGINE ?= local
 SHARDS ?= 2
+# a CSV naming each image of DATA (a path relative to DATA, or the file's stem) and its `label`; empty: DATA's layout
+LABELS ?=
 # auto | float32 | bfloat16 compute for features, finetune (empty = auto), predict, submission (empty = the model's)
 PRECISION ?=
 # BATCH, EPOCHS and LR default per stage when left empty (see each stage's --help)
@@ -88,8 +90,11 @@ REPORT_DIR ?= artifacts/report
 TOP_N ?= 24
 EXCLUDE ?=
 # --- demo ---------------------------------------------------------------------------------------------------
-DEMO_DIR ?= data/demo
-DEMO_ART ?= artifacts/demo
+# classes of `make demo` (2: the Kaggle cat/dog layout and a submission; K > 2: K class folders, no submission)
+CLASSES ?= 2
+DEMO_K := $(if $(filter 2,$(CLASSES)),,-$(CLASSES)classes)
+DEMO_DIR ?= data/demo$(DEMO_K)
+DEMO_ART ?= artifacts/demo$(DEMO_K)
 DEMO_N ?= 240
 
 opt = $(if $(2),$(1) $(2))
@@ -108,7 +113,7 @@ help:
 	@echo "  FORMAT=$(FORMAT) EXPORT_DIR=$(EXPORT_DIR) QUANTIZE=$(QUANTIZE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N) SCALE_N=$(SCALE_N)"
 	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
-	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE)"
+	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE) LABELS=$(LABELS) CLASSES=$(CLASSES)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
 $(BASE_STAMP): requirements.txt constraints.txt
@@ -135,24 +140,25 @@ install: $(STAMP)
 data: $(STAMP)
 	$(PY) -m extract.unpack --zip $(ZIP) --out data
 
-## demo: the built-in default: synthetic images, then every stage with WEIGHTS=none at 75x75 (a few minutes on 2 CPUs)
+## demo: the built-in default: synthetic images, then every stage with WEIGHTS=none at 75x75 (a few minutes on 2 CPUs); CLASSES=5: five classes
 demo: $(STAMP)
-	$(PY) -m extract.synth --out $(DEMO_DIR)/train --n $(DEMO_N) --layout kaggle --broken 4 --seed 1
-	$(PY) -m extract.synth --out $(DEMO_DIR)/test --n 20 --layout unlabelled --broken 1 --seed 2
+	$(PY) -m extract.synth --out $(DEMO_DIR)/train --n $(DEMO_N) --broken 4 --seed 1 --classes $(CLASSES) \
+	  --layout $(if $(DEMO_K),folders,kaggle)
+	$(PY) -m extract.synth --out $(DEMO_DIR)/test --n 20 --layout unlabelled --broken 1 --seed 2 --classes $(CLASSES)
 	$(MAKE) --no-print-directory features DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 WEIGHTS=none IMG_SIZE=75 AUG_VIEWS=2
 	$(MAKE) --no-print-directory head FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head EPOCHS=10
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune-cached EPOCHS=2 FROM_CACHE=1
 	$(MAKE) --no-print-directory finetune DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune EPOCHS=1
 	$(MAKE) --no-print-directory predict INPUT=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras PREDICTIONS=$(DEMO_ART)/predictions.csv
-	$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv
+	$(if $(DEMO_K),,$(MAKE) --no-print-directory submission TEST=$(DEMO_DIR)/test MODEL=$(DEMO_ART)/finetune/model.keras SUBMISSION=$(DEMO_ART)/submission.csv)
 	$(MAKE) --no-print-directory report DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune REPORT_DIR=$(DEMO_ART)/report
 	@echo "demo done: artifacts in $(DEMO_ART)/; open $(DEMO_ART)/report/report.html in a browser"
 
-## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
+## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; LABELS=csv; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --backbone $(BACKBONE) $(call opt,--backbones,$(BACKBONES)) $(call opt,--img-size,$(IMG_SIZE)) $(call opt,--layers,$(LAYERS)) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
-	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE))
+	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE)) $(call opt,--labels,$(LABELS))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)
@@ -173,12 +179,12 @@ finetune: $(STAMP)
 	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
-## predict: write PREDICTIONS (path,prob_dog,label) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
+## predict: write PREDICTIONS (path,label,prob,prob_<class>...) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)
 predict: $(STAMP)
 	$(PY) -m finetune.predict --input $(INPUT) --model $(MODEL) --out $(PREDICTIONS) --calibrate $(CALIBRATE) --tta $(TTA) \
 	  $(call opt,--batch,$(BATCH)) $(call opt,--precision,$(PRECISION))
 
-## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST (CALIBRATE, TTA, CLIP)
+## submission: write SUBMISSION in Kaggle Redux format (id,label=P(dog)) for the images in TEST (CALIBRATE, TTA, CLIP); cat/dog models only
 submission: $(STAMP)
 	$(PY) -m finetune.submission --test $(TEST) --model $(MODEL) --out $(SUBMISSION) --calibrate $(CALIBRATE) \
 	  --tta $(TTA) --clip $(CLIP) $(call opt,--batch,$(BATCH)) \

@@ -62,7 +62,7 @@ def tta_flip_cost(image_root, img_size: int, batch: int, repeats: int = 2) -> di
     import keras
 
     from extract import backbone, backbones
-    from finetune.predictions import list_inputs, predict_files
+    from finetune.probabilities import list_inputs, predict_files
 
     recipe = backbones.get(backbones.DEFAULT)
     trunk = backbone.build_backbone(recipe, img_size, [recipe.feature_layer], "none")

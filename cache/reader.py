@@ -136,8 +136,14 @@ class FeatureCache:
             out[sel] = block[pos[sel] - c * cr]
         return out
 
+    def input_paths(self) -> list:
+        """Every input the cache was built from (cached or skipped), as relative paths in input order."""
+        return list(recorded_inputs(self.f))
+
     def summary(self) -> str:
         counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.class_names)}
+        if len(counts) > 5:  # 37 breeds do not fit a line: K and the range of rows per class
+            counts = f"{len(counts)} classes of {min(counts.values())}..{max(counts.values())} rows"
         return (f"{self.path}: {len(self)} rows x {self.feature_shape()} {self.features().dtype} at layer "
                 f"{self.layer!r}, {counts}, train={len(self.rows(SPLIT_TRAIN))} val={len(self.rows(SPLIT_VAL))} "
                 f"unlabelled={len(self.rows(SPLIT_NONE))}, skipped={len(self.skipped)}")

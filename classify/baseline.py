@@ -1,4 +1,5 @@
-"""The scikit-learn baseline: StandardScaler + logistic regression on globally average-pooled features.
+"""The scikit-learn baseline: StandardScaler + logistic regression (multinomial for K > 2) on globally average-pooled
+features; predict_proba gives the (n, K) contract.
 
 Reads pooled features from classify.data (never the whole cache). Writes HEAD_DIR/baseline.joblib.
 Example: python -c "import joblib; print(joblib.load('artifacts/head/baseline.joblib'))"
@@ -28,9 +29,10 @@ def build(folds: int, seed: int):
     return make_pipeline(StandardScaler(), lr)
 
 
-def fit(x_train, y_train, seed: int):
+def fit(x_train, y_train, seed: int, classes: int = 2):
     """Fit on the train rows only; return (pipeline, seconds)."""
-    smallest = int(np.bincount(y_train, minlength=2).min())
+    # lbfgs fits the multinomial (softmax) model for K > 2 and the binary one for K = 2: sklearn's default
+    smallest = int(np.bincount(y_train, minlength=classes).min())
     folds = min(CV_FOLDS, smallest)
     if folds < 2:
         raise WorkflowError(f"the cache has {smallest} train row(s) of one class; choosing C by cross-validation "

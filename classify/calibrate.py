@@ -1,7 +1,11 @@
-"""Temperature scaling for Kaggle's log loss: one number T fitted on val P(dog), applied as sigmoid(logit(p) / T).
+"""Temperature scaling for log loss: one number T fitted on val probabilities, applied as softmax(log P / T) (for K = 2
+the same as sigmoid(logit(p) / T), which is what a binary model's single output gets).
 
 Reads and writes nothing (stage 2 and both stage-3 paths record its result; predict and submission apply it).
 Example: python -c "from classify.calibrate import fit_temperature; print(fit_temperature([0, 1, 1, 0], [0.1, 0.99, 0.6, 0.7]))"
+
+Probabilities are the (n, K) contract (core.metrics.probabilities; a 1-D P(class 1) is K = 2). The logits are
+log P: for a softmax head they differ from its pre-activation only by a per-row constant, which softmax ignores.
 
 Why one number: a head trained to the lowest val loss is still over- or under-confident by a roughly constant factor
 in logit space (Guo et al. 2017, "On Calibration of Modern Neural Networks"); dividing the logit by T fixes that
@@ -21,15 +25,46 @@ def logit(p) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def apply_temperature(p, temperature: float) -> np.ndarray:
-    """sigmoid(logit(p) / T); T = 1 gives back `p` (up to the EPS clip)."""
+def _sigmoid_t(p, temperature: float) -> np.ndarray:
     z = logit(p) / float(temperature)
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # the sigmoid, without overflow for large |z|
 
 
+def _softmax_t(p, temperature: float) -> np.ndarray:
+    z = np.log(np.clip(p, EPS, 1.0)) / float(temperature)
+    z -= z.max(axis=1, keepdims=True)  # softmax is shift-invariant: this only keeps exp() finite
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def apply_temperature(p, temperature: float) -> np.ndarray:
+    """A 1-D (or scalar) P(class 1) -> sigmoid(logit(p) / T); (n, K) probabilities -> (n, K) softmax(log P / T),
+    K = 2 through the sigmoid of its class-1 column. T = 1 gives back `p` (up to the EPS clip)."""
+    p = np.asarray(p, np.float64)
+    if p.ndim <= 1:
+        return _sigmoid_t(p, temperature)
+    if p.shape[1] == 2:
+        q = _sigmoid_t(p[:, 1], temperature)
+        return np.stack([1.0 - q, q], axis=1)
+    return _softmax_t(p, temperature)
+
+
 def log_loss(y, p) -> float:
-    y, p = np.asarray(y, np.float64).reshape(-1), np.clip(np.asarray(p, np.float64).reshape(-1), EPS, 1 - EPS)
+    """Mean -log P(true class) of a 1-D P(class 1) or (n, K) probabilities, clipped to [EPS, 1 - EPS]."""
+    p = np.asarray(p, np.float64)
+    if p.ndim == 2 and p.shape[1] > 2:
+        y = np.asarray(y).astype(int).reshape(-1)
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0)))) if len(y) else float("nan")
+    if p.ndim == 2:
+        p = p[:, 1]
+    y, p = np.asarray(y, np.float64).reshape(-1), np.clip(p.reshape(-1), EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))) if len(y) else float("nan")
+
+
+def _wrong(y, p) -> np.ndarray:
+    from core.metrics import predicted
+
+    return predicted(p) != np.asarray(y).astype(int).reshape(-1)
 
 
 def uninformative(y, p) -> str:
@@ -40,13 +75,14 @@ def uninformative(y, p) -> str:
         return "no val rows"
     if len(np.unique(y)) < 2:
         return "val has one class only"
-    if not np.any((p >= 0.5) != (y == 1)):
+    if not np.any(_wrong(y, p)):  # argmax (K = 2: P(class 1) >= 0.5) right on every row
         return f"none of the {len(y)} val rows is misclassified, so the val log loss falls without a minimum as T -> 0"
     return ""
 
 
 def fit_temperature(y, p) -> dict:
-    """{"temperature", "val_log_loss_before", "val_log_loss_after", "n", "method", "reason"}: T for val P(dog) `p`.
+    """{"temperature", "val_log_loss_before", "val_log_loss_after", "n", "method", "reason"}: T for val probabilities
+    `p` (a 1-D P(class 1) or (n, K)).
 
     Method: the maximum a posteriori T under a normal prior on log T (mean 0, sd LOG_T_PRIOR_SD): it minimises the
     summed val log loss + (log T)^2 / (2 sd^2), bounded (scipy's minimize_scalar). A large val set is fitted as by
@@ -56,7 +92,12 @@ def fit_temperature(y, p) -> dict:
     """
     from scipy.optimize import minimize_scalar
 
-    y, p = np.asarray(y, np.float64).reshape(-1), np.asarray(p, np.float64).reshape(-1)
+    from core.metrics import probabilities
+
+    y, p = np.asarray(y, np.float64).reshape(-1), probabilities(p)
+    k = p.shape[1]
+    if k == 2:
+        p = p[:, 1]  # the binary fit, number for number as before the (n, K) contract
     before = log_loss(y, p)
     t, after, reason = 1.0, before, uninformative(y, p)
     if not reason:
@@ -69,10 +110,11 @@ def fit_temperature(y, p) -> dict:
             t, after = float(np.exp(res.x)), fitted
         else:
             reason = "T = 1 is already the lowest val log loss"
+    method = ("p' = sigmoid(logit(p) / T), T the MAP on val P(dog)" if k == 2 else
+              f"P' = softmax(log P / T) over K={k} classes, T the MAP on val P")
     return {"temperature": t, "val_log_loss_before": before, "val_log_loss_after": after, "n": int(len(y)),
             "reason": reason,
-            "method": f"temperature scaling: p' = sigmoid(logit(p) / T), T the MAP on val P(dog) under a "
-                      f"N(0, {LOG_T_PRIOR_SD:g}) prior on log T"}
+            "method": f"temperature scaling: {method} under a N(0, {LOG_T_PRIOR_SD:g}) prior on log T"}
 
 
 def describe(cal: dict) -> str:

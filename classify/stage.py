@@ -19,7 +19,7 @@ from core.metrics import scores, val_keys
 from core.runs import DEFAULT_CHECKPOINT_S, RunState, best_epoch
 
 from . import baseline, calibrate, data, record
-from .head import HEAD_DROPOUT, HEAD_UNITS, head_config
+from .head import HEAD_DROPOUT, HEAD_UNITS, head_config, loss_name, probabilities
 
 DEFAULT_EPOCHS = 20
 # 64: ~310 steps per epoch on 20,000 train rows; on the synthetic set the head passed 0.9 val accuracy by epoch 5.
@@ -55,6 +55,10 @@ class Settings:
     def head_config(self) -> dict:
         return head_config(self.head, self.units, self.dropout)
 
+    def head_config_for(self, classes: int) -> dict:
+        """The head's record for a cache of `classes` classes (K = 2 records no `classes`: as before K existed)."""
+        return head_config(self.head, self.units, self.dropout, classes)
+
     @property
     def uses_xla(self) -> bool:
         """XLA only without op determinism: Keras refuses the pair (see classify/train.py)."""
@@ -72,9 +76,9 @@ def run_baseline(cache, layer, seed, tr, va, head_dir):
     dt = time.perf_counter() - t0
     print(f"pool: {len(rows):,} rows x {pooled.shape[1]} channels in {dt:.1f}s, {rate(len(rows), dt):,.0f} rows/s")
     x_tr, x_va = pooled[np.searchsorted(rows, tr)], pooled[np.searchsorted(rows, va)]
-    model, seconds = baseline.fit(x_tr, cache.labels[tr], seed)
+    model, seconds = baseline.fit(x_tr, cache.labels[tr], seed, len(cache.class_names))
     record.save_baseline(head_dir, model)
-    m = {**val_keys(scores(cache.labels[va], model.predict_proba(x_va)[:, 1])), "n_train": len(tr), "n_val": len(va),
+    m = {**val_keys(scores(cache.labels[va], model.predict_proba(x_va))), "n_train": len(tr), "n_val": len(va),
          "epochs": None, "seconds": round(seconds, 3), "examples_per_s": round(rate(len(tr), seconds), 1),
          "C": baseline.chosen_c(model), "features": f"global average pool of {layer}, {pooled.shape[1]} values"}
     print(f"baseline: {len(tr):,} train rows, C={m['C']:g} by CV, {seconds:.1f}s, {m['examples_per_s']:,.0f} "
@@ -92,7 +96,7 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
     run = RunState(s.head_dir, identity, s.checkpoint_s, tblogs.stage_dir(s.tb_dir, "head"))
     t1 = time.perf_counter()
     head = train_head(feeds, s.epochs, s.lr, s.seed, run, PATIENCE, xla=s.uses_xla, deterministic=s.deterministic,
-                      head=s.head_config)
+                      head=identity["head"])
     history = run.rows()
     # `seconds` per epoch (history.csv) stops before the callbacks; the wall time and the commits show their cost
     m = {**head_metrics(head, feeds, history, s.head), "load_seconds": round(load_s, 3),
@@ -108,7 +112,7 @@ def run_head(cache, s: Settings, tr, va, scale, in_memory, identity):
 def head_metrics(head, feeds, history, kind: str) -> dict:
     """metrics.json's `head` block for a trained head: val scores of the saved (raw-feature) head, its temperature,
     and the run's epochs and seconds. Stage 2 and every sweep trial record the same block."""
-    p = head.predict(feeds.val(raw=True), verbose=0)
+    p = probabilities(head.predict(feeds.val(raw=True), verbose=0))  # (n, K)
     y = feeds.cache.labels[feeds.val_order]
     cal = calibrate.fit_temperature(y, p)  # recorded; applied at prediction time
     print(calibrate.describe(cal))
@@ -138,7 +142,7 @@ def train_stage(s: Settings) -> int:
         space.check_space(os.path.join(s.head_dir, record.HEAD_FILE),
                           space.checkpoint_bytes(space.head_weights(maps, s.units)), "HEAD_DIR")
         identity = {"cache_fingerprint": cache.fingerprint, "layer": s.layer, "feature_shape": list(shape),
-                    "seed": s.seed, "batch": s.batch, "lr": s.lr, "head": s.head_config}
+                    "seed": s.seed, "batch": s.batch, "lr": s.lr, "head": s.head_config_for(len(cache.class_names))}
         run_fp = run_fingerprint(s, identity)
         if record.up_to_date(s.head_dir, run_fp):
             print(f"{s.head_dir}: up to date (a complete head of {cache.path}, fingerprint {cache.fingerprint[:12]}, "
@@ -154,10 +158,10 @@ def train_stage(s: Settings) -> int:
         base_m, scale = run_baseline(cache, s.layer, s.seed, tr, va, s.head_dir)
         head_m, run = run_head(cache, s, tr, va, scale, in_memory, identity)
         settings = {k: v for k, v in asdict(s).items() if k not in ("head", "units", "dropout")}
-        config = {**settings, "head": s.head_config, "run_fingerprint": run_fp, "features": os.path.abspath(s.features),
-                  "head_dir": os.path.abspath(s.head_dir),
+        config = {**settings, "head": identity["head"], "run_fingerprint": run_fp,
+                  "features": os.path.abspath(s.features), "head_dir": os.path.abspath(s.head_dir),
                   "mem_budget_bytes": budget, "optimizer": "adam", "xla": s.uses_xla,
-                  "loss": "binary_crossentropy", "patience": PATIENCE, "feature_scale": scale,
+                  "loss": loss_name(len(cache.class_names)), "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "
                                         "folded into the head's first Dense kernel (head_dense; head_output when "
                                         "UNITS=0): head.keras takes raw features",
@@ -181,6 +185,8 @@ def run_fingerprint(s: Settings, identity: dict) -> str:
 def side_by_side(head: dict, baseline: dict) -> str:
     """A short text table of the head against the baseline."""
     def fmt(v, spec):
+        if isinstance(v, list) and len(v) > 2:  # a K x K confusion matrix does not fit a table cell
+            return f"{len(v)} x {len(v)} (metrics.json)"
         return "-" if v is None else format(v, spec) if spec else str(v)
 
     rows = [("val accuracy", "val_accuracy", ".4f"), ("val log loss", "val_log_loss", ".4g"),

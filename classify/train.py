@@ -18,7 +18,7 @@ import numpy as np
 from core import WorkflowError
 from core.runs import RunState
 
-from .head import build_head, first_dense
+from .head import build_head, first_dense, loss_name
 
 
 def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience: int, verbose="auto", xla=False,
@@ -43,7 +43,7 @@ def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience
     # deterministic form): the caller asks for at most one of them (classify.stage.Settings.uses_xla).
     assert not (xla and deterministic), "Keras would drop XLA under op determinism, with only a warning"
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay),
-                  loss="binary_crossentropy", jit_compile=xla, metrics=["accuracy"])
+                  loss=loss_name((head or {}).get("classes", 2)), jit_compile=xla, metrics=["accuracy"])
     if start < epochs:
         model.fit(feeds.train(), validation_data=feeds.val(), epochs=epochs, initial_epoch=start, verbose=verbose,
                   shuffle=False, callbacks=[*run.callbacks(patience, feeds), *extra_callbacks])  # data shuffles itself

@@ -49,6 +49,9 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--precision", default="auto", choices=precision.CHOICES,
                    help="backbone compute: auto = bfloat16 where the CPU has native bf16, else float32; features are "
                         "stored as DTYPE either way (PRECISION)")
+    p.add_argument("--labels", default="", help="a CSV with a column naming each image (path relative to DATA, or "
+                                                "its file stem) and a `label` column; empty: labels from DATA's "
+                                                "layout (LABELS)")
     p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
                                                  "file, e.g. make report's label_issues.csv (EXCLUDE)")
     a = p.parse_args(argv)
@@ -61,12 +64,14 @@ def parse_args(argv=None) -> Settings:
         raise WorkflowError(f"BACKBONES={a.backbones}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     if a.exclude and a.engine != "local":
         raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
+    if a.labels and a.engine != "local":
+        raise WorkflowError(f"LABELS={a.labels}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
     return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones,
                     img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
-                    verify=a.verify, precision=a.precision)
+                    verify=a.verify, precision=a.precision, labels=a.labels)
 
 
 @cli

@@ -44,6 +44,7 @@ class Settings:
     exclude: str = ""  # a CSV with a `path` column, or a text file of paths: left out (extract/exclude.py)
     verify: str = "size"  # the inputs' identity: relative paths + sizes, or + sha256 of every file (extract/verify.py)
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
+    labels: str = ""  # LABELS: a CSV naming each image and its `label` (extract/images.py); empty: the folder's layout
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def make_plan(s: Settings) -> Plan:
     backbone.check_img_size(spec, img_size)
     # LAYERS empty: the feature layer, plus the cut that views and FROM_CACHE=1 read when AUG_VIEWS asks for views.
     layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
-    imgs = images.discover(s.data)
+    imgs = images.discover(s.data, s.labels)
     check_views(s.aug_views, imgs, layers, spec)
     return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights),
                 precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)))
@@ -100,7 +101,7 @@ def _ensemble_plan(s: Settings) -> Plan:
                             f"leave those empty")
     members = ensemble.parse(s.backbones)
     infos = tuple(backbone.resolve_weights(spec, s.weights) for spec, _ in members)
-    imgs = images.discover(s.data)
+    imgs = images.discover(s.data, s.labels)
     info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
     return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
                 precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)),
@@ -126,6 +127,7 @@ def resolve_config(plan: Plan) -> dict:
         "n_inputs": len(imgs.paths),
         "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, plan.sizes or None),
         "val_split": s.val_split, "split_seed": s.seed, **plan.weights_info, **aug,
+        **images.labels_identity(imgs),
     }, plan.precision)
 
 
@@ -159,11 +161,12 @@ def up_to_date(features, config: dict, requested: str, inputs: dict) -> bool:
     return state == "up-to-date"
 
 
-def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto") -> dict:
-    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path, the
-    PRECISION asked for and whether this CPU has native bf16."""
+def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto", labels: str = "") -> dict:
+    """What the cache records but is not identified by: the backbone's digest, package versions, DATA's path (and
+    LABELS'), the PRECISION asked for and whether this CPU has native bf16."""
     return {"backbone_digest": digest, "versions": json.dumps(package_versions()), "command": command,
-            "data": os.path.abspath(imgs.root), **precision.record(requested)}
+            "data": os.path.abspath(imgs.root), **({"labels": os.path.abspath(labels)} if labels else {}),
+            **precision.record(requested)}
 
 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
@@ -243,9 +246,21 @@ def write_skipped(features, skipped) -> str:
     return path
 
 
+def report_unmatched(features, imgs: images.ImageSet, labels_csv: str):
+    """LABELS' rows without an image and images without a row: one line, and all of them in
+    `<FEATURES stem>.unmatched.txt` (`row<TAB>path` and `image<TAB>path` lines)."""
+    line = images.describe_unmatched(imgs, labels_csv)
+    if not line:
+        return
+    path = os.path.splitext(str(features))[0] + ".unmatched.txt"
+    write_text(path, "".join(f"row\t{p}\n" for p in imgs.missing) + "".join(f"image\t{p}\n" for p in imgs.unlisted))
+    print(f"{line}; all listed in {path}")
+
+
 def extract_features(plan: Plan) -> int:
     """`make features` with ENGINE=local: resume, rebuild or say "up to date"; print the summary."""
     s, imgs, layers = plan.settings, plan.imgs, list(plan.layers)
+    report_unmatched(s.features, imgs, s.labels)
     split = split_of(imgs, s.val_split, s.seed)
     config = resolve_config(plan)
     excluded = []
@@ -259,7 +274,7 @@ def extract_features(plan: Plan) -> int:
     with precision.building(plan.precision):
         model = plan.build()
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}
-    record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision)
+    record = provenance(imgs, backbone.weights_digest(model), "make features", s.precision, s.labels)
     view_shapes, extractor = {}, None
     if s.aug_views:
         view_shapes = {l: shapes[l] for l in plan.view_layers}

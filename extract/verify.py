@@ -12,10 +12,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from core import WorkflowError
 from core.files import file_hash as file_sha256, fingerprint
 
-from .images import discover
+from .images import ImageSet, discover
 
 MODES = ("size", "content")
 
@@ -48,8 +50,17 @@ def inputs_fingerprint(root, paths, mode: str = "size", sizes=None) -> str:
 def check_same_images(root, cache):
     """DATA must hold exactly the files the cache was built from (relative paths and sizes, and contents with
     VERIFY=content), wherever it lies now: a moved or copied folder is accepted. For stage 3 and the report."""
-    imgs = discover(root)
     mode = cache.config.get("verify", "size")
+    if "labels_fingerprint" in cache.config:  # LABELS chose the images: the cache's own list of them is the set
+        paths = sorted(cache.input_paths())
+        missing = [p for p in paths if not os.path.isfile(os.path.join(root, p))]
+        if missing:
+            raise WorkflowError(f"DATA={root}: {len(missing)} of the {len(paths)} images FEATURES={cache.path} was "
+                                f"built from are missing, e.g. {missing[0]}; pass the folder LABELS' paths are "
+                                f"relative to ({cache.provenance.get('data')})")
+        imgs = ImageSet(str(root), "labels-csv", paths, np.full(len(paths), -1, np.int8), cache.class_names)
+    else:
+        imgs = discover(root)
     if inputs_fingerprint(imgs.root, imgs.paths, mode) != cache.config["inputs_fingerprint"]:
         raise WorkflowError(f"DATA={root}: not the image set FEATURES={cache.path} was built from "
                             f"({cache.provenance.get('data')}, {cache.config['n_inputs']} files, VERIFY={mode}); pass "

@@ -40,8 +40,8 @@ def check_cache_layers(cache, unfreeze_from: str, head_layer: str = ""):
 
 
 def build_cached_model(model, trunk, unfreeze_from: str):
-    """(cached model: UNFREEZE_FROM features -> P(class 1), trained layer names), made of `model`'s own layers and
-    trainable exactly as stage 3's rule (fm.set_trainable) makes them. Recompile after this."""
+    """(cached model: UNFREEZE_FROM features -> the head's output, trained layer names), made of `model`'s own layers
+    and trainable exactly as stage 3's rule (fm.set_trainable) makes them. Recompile after this."""
     import keras
 
     names = fm.set_trainable(model, trunk, unfreeze_from)

@@ -10,11 +10,11 @@ import numpy as np
 
 from cache import SPLIT_VAL
 from core import WorkflowError
-from core.metrics import scores
+from core.metrics import predicted, scores
 
 from .infer import predict_images, predict_rows
 
-RELOAD_TOL = 1e-3  # max |P(full model) - P(head on cached features)|; float32 gives ~1e-6, float16 caches ~1e-4
+RELOAD_TOL = 1e-3  # max |P(full model) - P(head on cached features)| over all K outputs; float32 gives ~1e-6
 
 
 class EquivalenceError(WorkflowError):
@@ -39,7 +39,8 @@ def check_recorded_scores(p_head, y, record, head_dir):
 
 
 def full_model(model, head_src, cache, layer, data_root, batch: int, record=None, head_dir=""):
-    """Full model on DATA's val images vs the stage-2 head on the cached features: (report, full-model P(class 1)).
+    """Full model on DATA's val images vs the stage-2 head on the cached features, every one of the K probabilities:
+    (report, the full model's (n, K) probabilities).
 
     Raises EquivalenceError when they differ by more than RELOAD_TOL or disagree on val accuracy, or when the head
     does not reproduce the val scores of stage 2's `record` (check_recorded_scores).
@@ -55,7 +56,7 @@ def full_model(model, head_src, cache, layer, data_root, batch: int, record=None
                                f"e.g. {broken[0][0]} ({broken[0][1]}); restore them or rerun `make features`")
     dt = time.perf_counter() - t0
     diff = float(np.max(np.abs(p_full - p_head))) if len(rows) else 0.0
-    acc_head, acc_full = (float(np.mean((p >= 0.5) == y)) for p in (p_head, p_full))
+    acc_head, acc_full = (float(np.mean(predicted(p) == y)) for p in (p_head, p_full))
     out = {"n_val": len(rows), "max_abs_diff": diff, "tolerance": RELOAD_TOL, "val_accuracy_head": acc_head,
            "val_accuracy_full": acc_full, "seconds": dt, "images_per_second": len(rows) / dt if dt else 0.0}
     if not diff <= RELOAD_TOL or acc_head != acc_full:  # `not <=` also catches NaN

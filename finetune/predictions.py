@@ -1,31 +1,28 @@
-"""Predictions with the fine-tuned model: the files to predict, P(dog) per image, and the two CSVs that carry it.
+"""The two files that carry the fine-tuned model's probabilities: PREDICTIONS (any K) and Kaggle's SUBMISSION (K = 2).
 
-Reads INPUT or TEST (an image, or a folder searched recursively) and MODEL (the model.keras `make finetune` wrote).
-Writes PREDICTIONS (`path,prob_dog,label`) or SUBMISSION (Kaggle Redux: `id,label` = P(dog)) and, next to each,
-`<name>.skipped.txt` listing undecodable files; each under a lock on its file (one writer per output).
+Reads INPUT or TEST (an image, or a folder searched recursively) and MODEL through finetune/probabilities.py.
+Writes PREDICTIONS (`path,label,prob,prob_<class>...`) or SUBMISSION (Kaggle Redux: `id,label` = P(dog)) and, next to
+each, `<name>.skipped.txt` listing undecodable files; each under a lock on its file (one writer per output).
 Example: python -m finetune.predict --input data/test --model artifacts/finetune/model.keras --out artifacts/predictions.csv
 
-`prob_dog` is P(class 1) of the model's classes (the cache's class names: 'dog', 'dogs' or 'Dog' in every supported
-layout), decoded by the one image pipeline (extract/pipeline.py) at the model's own image size, then finished for
-log loss (finetune/finishing.py): TTA=flip averages the image and its mirror, CALIBRATE=1 applies the temperature
-make finetune recorded, and a submission clips to [CLIP, 1 - CLIP].
+PREDICTIONS: `label` is the predicted class, `prob` its probability, and one `prob_<class>` column per class of the
+model (the cache's class names, in their order) holds the (n, K) row; the columns sum to 1 (to the 6 decimals
+written). SUBMISSION is the Kaggle Dogs vs Cats file: P(class 1) of a cat/dog model, clipped to [CLIP, 1 - CLIP].
 
 Predicting from the feature cache for already-cached images is not offered: the cache holds `mixed7` outputs,
 and fine-tuning changed the layers that compute them, so cached features no longer describe this model.
 """
 import os
-import time
 
 import numpy as np
 
 from core import WorkflowError
 from core.files import write_csv, write_text
 from core.lock import output_lock
-from extract import images
+from core.metrics import predicted
 
-from .finishing import DEFAULT_BATCH, finish, tta_forward
-from .infer import forward_fn, predict_images
-from .record import load_model
+from .probabilities import DEFAULT_BATCH, list_inputs, predict_path
+from .record import num_classes, read_meta
 
 # The competition is scored on log loss: one confident mistake at P = 1e-15 costs 34.5, as much as ~50
 # images at 0.5. Clipping to [0.005, 0.995] caps a mistake at -ln(0.005) = 5.3 while a correct answer still
@@ -37,43 +34,6 @@ BROKEN_PROB = 0.5
 LABEL_FORMAT = "{:.6f}"
 
 
-def list_inputs(path):
-    """(root, relative image paths, sorted) for one image file or every image under a folder."""
-    path = str(path)
-    if os.path.isfile(path):
-        if not images.is_image_name(os.path.basename(path)):
-            raise WorkflowError(f"INPUT={path}: not an image file name (expected one of "
-                                f"{', '.join(sorted(images.IMAGE_EXTS))})")
-        return os.path.dirname(path) or ".", [os.path.basename(path)]
-    if not os.path.isdir(path):
-        raise WorkflowError(f"INPUT={path}: no such file or folder; pass an image or a folder of images")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.relpath(os.path.join(dirpath, n), path) for n in filenames if images.is_image_name(n)]
-    if not found:
-        raise WorkflowError(f"INPUT={path}: no images found (looked for {', '.join(sorted(images.IMAGE_EXTS))})")
-    return path, sorted(found)
-
-
-def predict_files(model, image_size: int, root, paths, batch: int = DEFAULT_BATCH, desc="predict", tta="none"):
-    """(P(class 1) per path, NaN where broken; [(path, reason)] of broken files; seconds), with a tqdm bar.
-
-    tta='flip': the mean of P over each image and its horizontal mirror (finetune/finishing.py)."""
-    from tqdm import tqdm
-
-    t0 = time.perf_counter()
-    with tqdm(total=len(paths), desc=desc, unit="img") as bar:
-        def on_batch(n, bad):
-            for path, reason in bad:
-                tqdm.write(f"skipped {os.path.join(root, path)}: {reason}")
-            bar.update(n)
-
-        probs, broken = predict_images(model, root, paths, image_size, batch, tta_forward(forward_fn(model), tta),
-                                       on_batch)
-    return probs, broken, time.perf_counter() - t0
-
-
 def write_skipped(out, root, broken) -> str:
     """`<out stem>.skipped.txt`: one `path<TAB>reason` line per file that did not decode; returns its path."""
     path = os.path.splitext(out)[0] + ".skipped.txt"
@@ -81,31 +41,36 @@ def write_skipped(out, root, broken) -> str:
     return path
 
 
-def _finished(model_path, root, paths, batch, tta, calibrate, desc, precision=""):
-    """(P(dog) finished for log loss, broken files, seconds, T, the model's record + `precision_used`) for `paths`
-    under `root`, computed in PRECISION=`precision` (empty: the model's own)."""
-    model, meta = load_model(model_path, precision)
-    probs, broken, dt = predict_files(model, meta["image_size"], root, paths, batch, desc=desc, tta=tta)
-    probs, t = finish(probs, meta, model_path, calibrate)
-    return probs, broken, dt, t, meta
+def prediction_columns(class_names) -> list:
+    """PREDICTIONS' header: path, label, prob, then prob_<class> for each class in the model's order."""
+    return ["path", "label", "prob"] + [f"prob_{n}" for n in class_names]
+
+
+def prediction_rows(pred, single_file: str = "") -> list:
+    """One row per decodable image of `pred` (probabilities.Predicted): its path, predicted class, that class's P,
+    and the K probabilities."""
+    names, ok = pred.class_names, ~np.isnan(pred.probs).any(axis=1)
+    label = predicted(pred.probs[ok]) if ok.any() else np.zeros(0, int)
+    rows = []
+    for rel, k, p in zip([r for r, good in zip(pred.paths, ok) if good], label, pred.probs[ok]):
+        path = single_file or os.path.join(pred.root, rel)
+        rows.append([path, names[int(k)], LABEL_FORMAT.format(p[k]), *(LABEL_FORMAT.format(v) for v in p)])
+    return rows
 
 
 def write_predictions(input_path, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True,
                       precision="") -> int:
     """`make predict`: PREDICTIONS for an image or a folder, under a lock on the file."""
     with output_lock(out, "PREDICTIONS"):
-        root, paths = list_inputs(input_path)
-        probs, broken, dt, t, meta = _finished(model_path, root, paths, batch, tta, calibrate, "predict", precision)
-        names = meta["class_names"]
-        single = os.path.isfile(input_path)
-        rows = [(input_path if single else os.path.join(root, rel), f"{p:.6f}", names[int(p >= 0.5)])
-                for rel, p in zip(paths, probs) if not np.isnan(p)]
-        write_csv(out, ["path", "prob_dog", "label"], rows)
-        skipped_txt = write_skipped(out, root, broken)
-    counts = ", ".join(f"{sum(r[2] == n for r in rows)} {n}" for n in names)
-    print(f"{out}: {len(rows):,} images predicted ({counts}), {len(broken):,} broken skipped (see {skipped_txt}); "
-          f"{len(paths):,} files in {dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}, "
-          f"PRECISION={meta['precision_used']}")
+        pred = predict_path(input_path, model_path, batch, tta, calibrate, precision, "predict")
+        rows = prediction_rows(pred, str(input_path) if os.path.isfile(input_path) else "")
+        write_csv(out, prediction_columns(pred.class_names), rows)
+        skipped_txt = write_skipped(out, pred.root, pred.broken)
+    counts = ", ".join(f"{sum(r[1] == n for r in rows)} {n}" for n in pred.class_names)
+    n, dt = len(pred.paths), pred.seconds
+    print(f"{out}: {len(rows):,} images predicted ({counts}), {len(pred.broken):,} broken skipped (see "
+          f"{skipped_txt}); {n:,} files in {dt:.1f}s, {n / dt if dt else 0.0:.1f} images/s; TTA={tta}, "
+          f"T={pred.temperature:.3f}, PRECISION={pred.meta['precision_used']}")
     return 0
 
 
@@ -127,10 +92,27 @@ def kaggle_ids(paths, root) -> np.ndarray:
 
 
 def submission_rows(ids, probs, clip: float = CLIP):
-    """[(id, label string)] sorted by id; broken (NaN) -> BROKEN_PROB; everything clipped to [clip, 1 - clip]."""
+    """[(id, label string)] sorted by id; `probs` is P(dog) per id (or the (n, 2) rows); broken (NaN) ->
+    BROKEN_PROB; everything clipped to [clip, 1 - clip]."""
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim == 2:
+        probs = probs[:, 1]
     p = np.clip(np.where(np.isnan(probs), BROKEN_PROB, probs), clip, 1 - clip)
     order = np.argsort(ids, kind="stable")
     return [(int(ids[i]), LABEL_FORMAT.format(p[i])) for i in order]
+
+
+def check_kaggle_model(model_path):
+    """A submission is Kaggle Dogs vs Cats' P(dog): the model must have two classes, class 1 a dog."""
+    meta = read_meta(model_path)
+    k, names = num_classes(meta), meta["class_names"]
+    if k != 2:
+        raise WorkflowError(f"MODEL={model_path}: a {k}-class model ({', '.join(names[:5])}{', ...' if k > 5 else ''}"
+                            f"); make submission writes Kaggle's Dogs vs Cats P(dog) file; for K classes use `make "
+                            f"predict INPUT=<folder> MODEL={model_path}` (one prob_<class> column per class)")
+    if not names[1].lower().startswith("dog"):
+        raise WorkflowError(f"MODEL={model_path}: its class 1 is {names[1]!r}, not dog; Kaggle's label is "
+                            f"P(dog), so train on a cat/dog folder")
 
 
 def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", calibrate=True, clip=CLIP,
@@ -141,24 +123,14 @@ def write_submission(test, model_path, out, batch=DEFAULT_BATCH, tta="none", cal
             raise WorkflowError(f"TEST={test}: no such folder; unpack Kaggle's test zip with `make data` first")
         root, paths = list_inputs(test)
         ids = kaggle_ids(paths, root)
-        positive = load_model_classes(model_path)[1]
-        if not positive.lower().startswith("dog"):
-            raise WorkflowError(f"MODEL={model_path}: its class 1 is {positive!r}, not dog; Kaggle's label is "
-                                f"P(dog), so train on a cat/dog folder")
-        probs, broken, dt, t, meta = _finished(model_path, root, paths, batch, tta, calibrate, "submission",
-                                               precision)
-        rows = submission_rows(ids, probs, clip)
+        check_kaggle_model(model_path)
+        pred = predict_path(test, model_path, batch, tta, calibrate, precision, "submission")
+        rows = submission_rows(ids, pred.probs, clip)
         write_csv(out, ["id", "label"], rows)
-        skipped_txt = write_skipped(out, root, broken)
+        skipped_txt = write_skipped(out, root, pred.broken)
+    n, dt = len(paths), pred.seconds
     print(f"{out}: {len(rows):,} rows (ids {rows[0][0]}..{rows[-1][0]}), P(dog) clipped to [{clip:g}, {1 - clip:g}], "
-          f"{len(broken):,} broken image(s) given {BROKEN_PROB} (see {skipped_txt}); {len(paths):,} files in "
-          f"{dt:.1f}s, {len(paths) / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={t:.3f}, "
-          f"PRECISION={meta['precision_used']}")
+          f"{len(pred.broken):,} broken image(s) given {BROKEN_PROB} (see {skipped_txt}); {n:,} files in "
+          f"{dt:.1f}s, {n / dt if dt else 0.0:.1f} images/s; TTA={tta}, T={pred.temperature:.3f}, "
+          f"PRECISION={pred.meta['precision_used']}")
     return 0
-
-
-def load_model_classes(model_path) -> list:
-    """The model's class names, from its record alone (no weights loaded)."""
-    from .record import read_meta
-
-    return read_meta(model_path)["class_names"]

@@ -51,6 +51,11 @@ def read_meta(path) -> dict:
     return meta
 
 
+def num_classes(meta: dict) -> int:
+    """K of a model's record (models written before K was recorded: their class names')."""
+    return int(meta.get("num_classes", len(meta["class_names"])))
+
+
 def recorded_precision(meta: dict) -> str:
     """The precision the model was saved in (models written before PRECISION existed: float32)."""
     return meta.get("precision", "float32")
@@ -98,8 +103,9 @@ def write_artifacts(model, model_dir, metrics: dict, cache, rows, curves_title: 
     model.keras comes last: it is what `up_to_date` looks for, so it never exists without its metrics and curves.
     """
     metrics = {**metrics, "history": columns(rows)}
-    meta = {"image_size": cache.config["image_size"], "class_names": cache.class_names,
-            "positive_class": cache.class_names[1], "input": INPUT,
+    k = len(cache.class_names)
+    meta = {"image_size": cache.config["image_size"], "class_names": cache.class_names, "num_classes": k,
+            **({"positive_class": cache.class_names[1]} if k == 2 else {}), "input": INPUT,
             "precision": metrics["config"].get("precision", "float32"),  # what predict computes in by default
             **{k: metrics[k] for k in ("config", "before", "after", "reload_max_abs_diff")},
             **{k: metrics[k] for k in ("calibration", "temperature") if k in metrics}}  # applied by predict

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from classify import calibrate
+from classify.head import loss_name
 from classify.record import read_head_record
 from core import precision, space, tblogs
 from core.files import fingerprint
@@ -76,7 +77,7 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
             "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
             "batch_rule": "every training batch holds BATCH rows, the last padded with zero-weight rows",
-            "optimizer": "adam", "loss": "binary_crossentropy", "monitor": "val_loss",
+            "optimizer": "adam", "loss": loss_name(len(cache.class_names)), "monitor": "val_loss",
             "data": os.path.abspath(s.data) if s.data else None, "features": os.path.abspath(s.features),
             "head_dir": os.path.abspath(s.head_dir), "model_dir": os.path.abspath(s.model_dir),
             "head_cache": head.as_dict(), "versions": package_versions(), **{k: cache.config[k] for k in CACHE_KEYS},
@@ -130,7 +131,7 @@ def _run(s: Settings, cache, path) -> int:
             tm, tt = fm.build(cache, weights_info, head.layer, train_in, head_config=head.head)
             tm.set_weights(model.get_weights())
         trained, names = path.trained(tm, tt, s.unfreeze_from)
-        train.compile_for_finetuning(trained, s.lr, cfg["xla"])  # after set_trainable: compile fixes what trains
+        train.compile_for_finetuning(trained, s.lr, cfg["xla"], len(cache.class_names))  # after set_trainable: compile fixes what trains
     keras.utils.set_random_seed(s.seed)
 
     tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
@@ -155,7 +156,7 @@ def _run(s: Settings, cache, path) -> int:
             em.set_weights(tm.get_weights())
     y_val, p_after, extra = path.evaluate(em, et, cache, s, va, reference=(model, trunk))
     before, after = scores(cache.labels[va], p_before), scores(y_val, p_after)
-    calibration = calibrate.fit_temperature(y_val, p_after)  # on val P(dog) after training; predict applies it
+    calibration = calibrate.fit_temperature(y_val, p_after)  # on val (n, K) after training; predict applies it
     print(calibrate.describe(calibration))
     rows = run.rows()
     n_here = len(rows) - resume

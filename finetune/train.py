@@ -39,13 +39,17 @@ def check_batch(batch: int, replicas: int):
                             f"BATCH={max(1, batch // replicas) * replicas}")
 
 
-def compile_for_finetuning(model, lr: float, xla: bool):
-    """Adam at `lr` on binary cross-entropy. Call after every change of `trainable`: Keras fixes the set of
-    trained variables when it compiles."""
+def compile_for_finetuning(model, lr: float, xla: bool, classes: int = 2):
+    """Adam at `lr` on the head's loss for `classes` (classify.head.loss_name). Call after every change of
+    `trainable`: Keras fixes the set of trained variables when it compiles."""
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")], jit_compile=bool(xla))
+    from classify.head import loss_name
+
+    # Keras' AUC metric reads one probability per row: the binary model's; K > 2 records its macro AUC after training
+    auc = [keras.metrics.AUC(name="auc")] if classes == 2 else []
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss_name(classes), metrics=["accuracy", *auc],
+                  jit_compile=bool(xla))
 
 
 def fit(model, ds_train, ds_val, run, epochs: int, patience: int, feeds=None):

@@ -14,7 +14,7 @@ from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from core import WorkflowError
 from core.files import replacing, write_csv, write_json
 from core.lock import output_lock
-from core.metrics import BINS
+from core.metrics import BINS, predicted
 from finetune.record import MODEL_FILE
 
 from . import duplicates, labels, scores, sections
@@ -55,30 +55,34 @@ def check_data(data, cache) -> list:
 
 
 def top_losses(model_name, rows, y, p, cache, n: int) -> list:
-    """The `n` val rows with the highest log loss, as dicts (path, label, prob_dog, loss, model, row)."""
-    loss = scores.losses(y, p)
+    """The `n` val rows with the highest log loss, as dicts (path, label, predicted, prob_label, prob_predicted, loss,
+    model, row)."""
+    loss, pred = scores.losses(y, p), predicted(p)
     order = np.argsort(-loss, kind="stable")[:n]
-    return [{"path": cache.paths[rows[i]], "label": cache.class_names[int(y[i])], "prob_dog": float(p[i]),
+    names = cache.class_names
+    return [{"path": cache.paths[rows[i]], "label": names[int(y[i])], "predicted": names[int(pred[i])],
+             "prob_label": float(p[i, int(y[i])]), "prob_predicted": float(p[i, int(pred[i])]),
              "loss": float(loss[i]), "model": model_name, "row": int(rows[i])} for i in order]
 
 
 def predictions(cache, layer, head_dir, model_dir, data, pooled_val, notes):
-    """{model name: (val rows, labels, P(dog))} for the baseline, the head and, when given, the fine-tuned model."""
+    """{model name: (val rows, labels, (n, K) probabilities)} for the baseline, the head and, when given, the
+    fine-tuned model."""
     from classify.record import load_baseline, load_head
     from finetune.infer import predict_rows
-    from finetune.predictions import predict_files
+    from finetune.probabilities import predict_files
     from finetune.record import load_model
 
     va = cache.rows(SPLIT_VAL)
     y = cache.labels[va]
     base = load_baseline(head_dir)
-    out = {"baseline": (va, y, base.predict_proba(pooled_val)[:, 1]),
+    out = {"baseline": (va, y, base.predict_proba(pooled_val)),
            "head": (va, y, predict_rows(load_head(head_dir), cache, layer, va, PREDICT_BATCH))}
     if model_dir:
         model, meta = load_model(os.path.join(model_dir, MODEL_FILE))
         p, broken, _ = predict_files(model, meta["image_size"], data, [cache.paths[i] for i in va],
                                      desc="fine-tuned on val images")
-        ok = ~np.isnan(p)
+        ok = ~np.isnan(p).any(axis=1)
         if broken:
             notes.append(f"fine-tuned model: {len(broken)} val image(s) could not be read from DATA and are left out "
                          f"of its scores, e.g. {broken[0][0]}")
@@ -120,13 +124,14 @@ def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, 
         lap("predict")
         y_all = cache.labels[rows]
         c = baseline.chosen_c(base)
-        oof = labels.out_of_fold(pooled, y_all, c, seed, folds)
+        oof = labels.out_of_fold(pooled, y_all, c, seed, folds, len(cache.class_names))
         issues = labels.find_issues(y_all, oof)
         lap("label_issues")
         ia, ib, cos = duplicates.pairs_above(pooled, dup_threshold)
         lap("near_duplicates")
 
         scored = {name: scores.score(y, p) for name, (_, y, p) in preds.items()}
+        per_class = {name: scores.per_class(y, p, cache.class_names) for name, (_, y, p) in preds.items()}
         losses = {name: top_losses(name, r, y, p, cache, top_n) for name, (r, y, p) in preds.items()
                   if name != "baseline"}
         issue_rows = [{"path": cache.paths[rows[i]], "given_label": cache.class_names[int(y_all[i])],
@@ -140,11 +145,14 @@ def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, 
                     for a, b, s in zip(ia, ib, cos)]
 
         os.makedirs(report_dir, exist_ok=True)
-        write_csv(os.path.join(report_dir, "top_losses.csv"), ["path", "label", "prob_dog", "loss", "model"],
-                  [(r["path"], r["label"], f"{r['prob_dog']:.6f}", f"{r['loss']:.6f}", r["model"])
-                   for m in losses.values() for r in m])
-        write_csv(os.path.join(report_dir, "label_issues.csv"), ["path", "given_label", "prob_given", "rank"],
-                  [(r["path"], r["given_label"], f"{r['prob_given']:.6f}", r["rank"]) for r in issue_rows])
+        write_csv(os.path.join(report_dir, "top_losses.csv"),
+                  ["path", "label", "predicted", "prob_label", "prob_predicted", "loss", "model"],
+                  [(r["path"], r["label"], r["predicted"], f"{r['prob_label']:.6f}", f"{r['prob_predicted']:.6f}",
+                    f"{r['loss']:.6f}", r["model"]) for m in losses.values() for r in m])
+        write_csv(os.path.join(report_dir, "label_issues.csv"),
+                  ["path", "given_label", "prob_given", "rank", "predicted_label"],
+                  [(r["path"], r["given_label"], f"{r['prob_given']:.6f}", r["rank"], r["predicted_label"])
+                   for r in issue_rows])
         write_csv(os.path.join(report_dir, "near_duplicates.csv"),
                   ["path_a", "path_b", "cosine", "split_a", "split_b", "label_a", "label_b"],
                   [(d["path_a"], d["path_b"], f"{d['cosine']:.6f}", d["split_a"], d["split_b"], d["label_a"],
@@ -171,8 +179,10 @@ def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, 
             "near_duplicates": {"pairs": len(dup_rows), "train_val_pairs": n_leak, "label_conflicts": n_conflict},
             "notes": notes, "seconds": seconds,
         }
+        summary["per_class"] = {name: [{"class": c, "n_val": n, "accuracy": a, "mean_prob": m} for c, n, a, m in rows_]
+                                for name, rows_ in per_class.items()}
         doc = sections.document(cache, head_dir, model_dir, model_meta, data, summary, scored, losses, issue_rows,
-                                dup_rows, top_n)
+                                dup_rows, top_n, per_class)
         lap("thumbnails_html")
     from .html import page
 

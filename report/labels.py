@@ -1,4 +1,4 @@
-"""Suspected label errors: out-of-fold P(dog) over every labelled row, then cleanlab's confident learning.
+"""Suspected label errors: out-of-fold (n, K) probabilities over every labelled row, then cleanlab's confident learning.
 
 Reads pooled features and labels handed in (report/build.py pools them from the cache). Writes nothing.
 Example: python -c "from report.labels import time_label_issues; print(time_label_issues(25000))"
@@ -27,17 +27,19 @@ def fold_model(c: float, seed: int):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=MAX_ITER, random_state=seed))
 
 
-def out_of_fold(x, y, c: float, seed: int, folds: int = FOLDS) -> np.ndarray:
-    """(n, 2) P(class) for every row from a model that never saw it: stratified K-fold CV of `fold_model`."""
+def out_of_fold(x, y, c: float, seed: int, folds: int = FOLDS, classes: int = 2) -> np.ndarray:
+    """(n, K) P(class) for every row from a model that never saw it: stratified k-fold CV of `fold_model`."""
     from sklearn.model_selection import StratifiedKFold
     from tqdm import tqdm
 
     y = np.asarray(y, np.int64)
-    folds = max(2, min(folds, int(np.bincount(y, minlength=2).min())))
-    out = np.zeros((len(y), 2))
+    classes = max(classes, int(y.max()) + 1)
+    folds = max(2, min(folds, int(np.bincount(y, minlength=classes).min())))
+    out = np.zeros((len(y), classes))
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
-    for fit_rows, held_out in tqdm(splits, total=folds, desc="out-of-fold P(dog)", unit="fold"):
-        out[held_out] = fold_model(c, seed).fit(x[fit_rows], y[fit_rows]).predict_proba(x[held_out])
+    for fit_rows, held_out in tqdm(splits, total=folds, desc="out-of-fold P(class)", unit="fold"):
+        m = fold_model(c, seed).fit(x[fit_rows], y[fit_rows])
+        out[np.ix_(held_out, m[-1].classes_)] = m.predict_proba(x[held_out])  # a class absent from a fold keeps 0
     return out
 
 

@@ -5,7 +5,7 @@ Reads and writes nothing. Example: python -c "from report.scores import score; p
 """
 import numpy as np
 
-from core.metrics import EPS, reliability, scores, val_keys
+from core.metrics import EPS, predicted, probabilities, reliability, scores, val_keys
 
 
 def score(y, p) -> dict:
@@ -14,6 +14,18 @@ def score(y, p) -> dict:
 
 
 def losses(y, p) -> np.ndarray:
-    """Per-row log loss of P(class 1) `p` for labels `y`, clipped as stage 2's log loss is."""
-    y, p = np.asarray(y).astype(int), np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
-    return -np.where(y == 1, np.log(p), np.log1p(-p))
+    """Per-row log loss -log P(true class) of (n, K) probabilities `p` (or a 1-D P(class 1)), clipped as stage 2's
+    log loss is."""
+    y, p = np.asarray(y).astype(int), np.clip(probabilities(p), EPS, 1 - EPS)
+    return -np.log(p[np.arange(len(y)), y])
+
+
+def per_class(y, p, class_names) -> list:
+    """[(class, val rows, accuracy, mean P(class) on its rows)] for every class: where a model fails, by class."""
+    y, p = np.asarray(y).astype(int), probabilities(p)
+    pred, out = predicted(p), []
+    for k, name in enumerate(class_names):
+        mine = y == k
+        n = int(mine.sum())
+        out.append((name, n, float(np.mean(pred[mine] == k)) if n else None, float(p[mine, k].mean()) if n else None))
+    return out

@@ -78,17 +78,40 @@ def _settings(config, name, m) -> str:
     return ", ".join(f"{k}={config[k]}" for k in keep if k in config) + f"; ran {m.get('epochs')} epochs"
 
 
-def scores_section(scored, class_names) -> str:
+def scores_section(scored, class_names, per_class=None) -> str:
     names = list(scored)
-    keys = [("val accuracy", "val_accuracy"), ("val log loss", "val_log_loss"), ("val AUC", "val_auc"),
+    keys = [("val accuracy", "val_accuracy"), ("val top-5 accuracy", "val_top5_accuracy"),
+            ("val log loss", "val_log_loss"), ("val AUC (macro one-vs-rest)" if len(class_names) > 2 else "val AUC",
+                                               "val_auc"),
             ("expected calibration error", "val_ece"), ("val rows", "n_val")]
-    rows = [[label] + [_fmt(scored[n][k]) for n in names] for label, k in keys]
+    rows = [[label] + [_fmt(scored[n].get(k)) for n in names] for label, k in keys
+            if any(k in scored[n] for n in names)]
     body = html.table(rows, [""] + names, num_cols=range(1, len(names) + 1))
-    body += ('<p class="note">ECE: val rows binned by confidence in the predicted class (10 bins over 0.5-1); the '
-             'row-weighted mean |accuracy - confidence| over bins. Threshold 0.5 for the confusion matrices.</p>')
+    k = len(class_names)
+    body += (f'<p class="note">ECE: val rows binned by confidence in the predicted (top) class (10 bins over '
+             f'{1 / k:.2g}-1); the row-weighted mean |accuracy - confidence| over bins. '
+             + ("Threshold 0.5 for the confusion matrices." if k == 2 else "Predicted class: the most probable.")
+             + '</p>')
     cms = [html.img(figures.confusion(scored[n]["confusion_matrix"], n, class_names), f"confusion matrix {n}")
            for n in names]
-    return body + f'<div class="figs">{"".join(cms)}</div>'
+    body += f'<div class="figs">{"".join(cms)}</div>'
+    if per_class:
+        body += "<h3>Per class</h3>" + html.table(
+            [[c, str(nv)] + [_fmt(per_class[n][i][2]) for n in names] for i, (c, nv, _, _) in
+             enumerate(per_class[names[0]])], ["class", "val rows"] + [f"accuracy {n}" for n in names],
+            num_cols=range(1, len(names) + 2))
+        body += "<h3>Most-confused pairs</h3>" + html.table(
+            [[n, class_names[a], class_names[b], str(cnt)] for n in names
+             for a, b, cnt in most_confused_pairs(scored[n]["confusion_matrix"])],
+            ["model", "true", "predicted", "val rows"], num_cols=(3,))
+    return body
+
+
+def most_confused_pairs(cm, n: int = 5) -> list:
+    """[(true, predicted, rows)] of the largest off-diagonal cells (core.metrics.most_confused)."""
+    from core.metrics import most_confused
+
+    return most_confused(cm, n)
 
 
 def curves_section(head_dir, model_dir) -> str:
@@ -103,22 +126,24 @@ def curves_section(head_dir, model_dir) -> str:
     return body
 
 
-def document(cache, head_dir, model_dir, model_meta, data, summary, scored, losses, issues, dups, top_n) -> dict:
+def document(cache, head_dir, model_dir, model_meta, data, summary, scored, losses, issues, dups, top_n,
+             per_class=None) -> dict:
     """{'title', 'subtitle', 'sections': [(id, title, body)]} for report.html.page."""
     names = cache.class_names
     shown_issues, shown_dups = issues[:top_n * 2], dups[:top_n]
     thumb = Thumbs(data, sum(len(v) for v in losses.values()) + len(shown_issues) + 2 * len(shown_dups))
     secs = [("summary", "1. Run summary", run_summary(cache, head_dir, model_dir, model_meta, summary)),
-            ("scores", "2. Scores side by side", scores_section(scored, names)),
+            ("scores", "2. Scores side by side", scores_section(scored, names, per_class)),
             ("curves", "3. Curves", curves_section(head_dir, model_dir))]
     body = f'<p class="note">The {top_n} val images with the highest log loss, per model (top_losses.csv).</p>'
     for model, items in losses.items():
         body += f"<h3>{html.escape(model)}</h3>" + html.grid(
-            [html.card(thumb(r["path"]), r["path"], [f"true {r['label']}", f"P({names[1]}) {r['prob_dog']:.3f}",
+            [html.card(thumb(r["path"]), r["path"], [f"true {r['label']} (P {r['prob_label']:.3f})",
+                                                     f"predicted {r['predicted']} (P {r['prob_predicted']:.3f})",
                                                      f"loss {r['loss']:.3f}"]) for r in items])
     secs.append(("top-losses", "4. Top losses", body))
     body = (f'<p>{len(issues)} labelled row(s) flagged (label_issues.csv lists all, most doubtful first; '
-            f'{len(shown_issues)} shown). Out-of-fold P({names[1]}) from {summary["config"]["folds"]}-fold '
+            f'{len(shown_issues)} shown). Out-of-fold P(class) for all {len(names)} classes from {summary["config"]["folds"]}-fold '
             f'cross-validation over every labelled row (train and val) with {summary["config"]["oof_model"]}: the '
             f'baseline\'s pipeline, refitted per fold in 1-2 s at 25,000 rows where the dense head takes minutes; then '
             f'{summary["config"]["cleanlab"]}. To leave them out: <code>make features EXCLUDE=label_issues.csv</code> '

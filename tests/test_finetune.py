@@ -97,9 +97,11 @@ def test_equivalence_passes_on_the_cached_val_images(built, train_dir):
     p_head = head_src.predict(cache.read(rows), verbose=0).ravel()
     assert eq["n_val"] == len(rows) > 10
     assert eq["max_abs_diff"] <= 1e-3
-    assert np.max(np.abs(p_full - p_head)) == pytest.approx(eq["max_abs_diff"], abs=1e-6)  # predict() vs traced
+    assert p_full.shape == (len(rows), 2)  # the (n, K) contract; the binary head's sigmoid is its class-1 column
+    np.testing.assert_allclose(p_full.sum(axis=1), 1, atol=1e-6)
+    assert np.max(np.abs(p_full[:, 1] - p_head)) == pytest.approx(eq["max_abs_diff"], abs=1e-6)  # predict() vs traced
     assert eq["val_accuracy_full"] == eq["val_accuracy_head"] == np.mean((p_head >= 0.5) == cache.labels[rows])
-    assert p_full.std() > 0.2  # predictions spread over 0..1, so agreeing within 1e-3 is not a coincidence
+    assert p_full[:, 1].std() > 0.2  # predictions spread over 0..1, so agreeing within 1e-3 is not a coincidence
 
 
 @pytest.mark.slow

@@ -51,9 +51,14 @@ def test_predict_on_a_folder_with_broken_files(model_file, kaggle_test_dir, tmp_
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     with open(out, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "prob_dog", "label"]
-    got = {os.path.basename(p): (float(prob), label) for p, prob, label in rows[1:]}
+    # The (n, K) contract at K = 2: the predicted label, its P, and one column per class (the binary model's single
+    # sigmoid p is prob_dog, 1 - p prob_cat)
+    assert rows[0] == ["path", "label", "prob", "prob_cat", "prob_dog"]
+    got = {os.path.basename(p): (float(dog), label) for p, label, prob, cat, dog in rows[1:]}
     assert set(got) == set(written)  # every decodable image once; broken files and junk never
+    for p, label, prob, cat, dog in rows[1:]:
+        assert float(cat) + float(dog) == pytest.approx(1.0, abs=2e-6)
+        assert float(prob) == max(float(cat), float(dog)) or float(dog) == 0.5
     ref = reference_probs(model_file, folder, sorted(written))
     for name, (prob, label) in got.items():
         assert prob == pytest.approx(ref[name], abs=1e-5)

@@ -29,7 +29,7 @@ from core.files import fingerprint
 from core.runs import RunState
 
 from .. import data, record, train
-from ..head import head_config
+from ..head import head_config, loss_name
 from ..stage import PATIENCE, head_metrics
 from . import outputs
 from .study import HEARTBEAT_S, Surplus, counts, fail_dead_trials, make_storage, parse_duration, process_identity, shown
@@ -120,8 +120,8 @@ def run_trial(trial, ctx: dict) -> float:
         raise Surplus(f"trial {trial.number}: {len(earlier)} unfailed trials before it already fill TRIALS")
     trial.study.sampler = make_sampler(ctx["seed"], trial.number)
     p = suggest(trial)
-    hc = head_config(p["head"], p["units"], p["dropout"])
     cache, t0 = ctx["cache"], time.perf_counter()
+    hc = head_config(p["head"], p["units"], p["dropout"], len(cache.class_names))
     trial_dir = os.path.join(ctx["sweep_dir"], "trials", f"{trial.number:04d}")
     keras.backend.clear_session()  # each trial builds a new graph: don't let the last ones pile up
     feeds = data.Feeds(cache, ctx["layer"], ctx["tr"], ctx["va"], p["batch"], ctx["seed"], ctx["scale"],
@@ -149,7 +149,7 @@ def run_trial(trial, ctx: dict) -> float:
     config = {"features": os.path.abspath(cache.path), "layer": ctx["layer"], "head": hc,
               "epochs": ctx["epochs"], "batch": p["batch"], "lr": p["lr"], "seed": ctx["seed"],
               "weight_decay": p["weight_decay"], "optimizer": "adam (decoupled weight decay)",
-              "loss": "binary_crossentropy", "patience": PATIENCE, "deterministic": True,
+              "loss": loss_name(len(cache.class_names)), "patience": PATIENCE, "deterministic": True,
               "checkpoint_s": None, "tb_dir": tb_run,
               "mem_budget": ctx["mem_budget"], "feature_scale": ctx["scale"],
               "feature_scale_note": "folded into the head's first Dense kernel: head.keras takes raw features",
