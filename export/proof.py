@@ -5,7 +5,7 @@ pipeline, at the model's image size). Writes nothing.
 Example: python -c "from export.proof import BOUNDS; print(BOUNDS)"
 
 Both sides get the same uint8 pixels, decoded once: the comparison measures the export, not two decoders. The
-reference is what `make predict` computes (finetune/finishing.py applies T to the float32 model's P).
+reference is what `make predict` computes (finetune/probabilities.py applies T to the float32 model's P).
 """
 import os
 
@@ -63,7 +63,7 @@ def reference(model, meta: dict, images, model_path="", kind=None) -> np.ndarray
     probabilities, calibrated as `make predict` does (classify.calibrate.apply_temperature)."""
     from classify.calibrate import apply_temperature
 
-    from finetune.finishing import temperature_of
+    from finetune.probabilities import temperature_of
 
     t = temperature_of(meta, model_path)
     out = np.concatenate([np.asarray(model(images[i:i + BATCH].astype(np.float32), training=False), np.float64)
