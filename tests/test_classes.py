@@ -120,11 +120,9 @@ def test_binary_identity_is_unchanged(train_dir):
     from classify.head import head_config
     from classify.stage import Settings
     from core.metrics import scores
-    from extract import backbone, features as ef
+    from extract import features as ef
 
-    imgs = discover(train_dir)
-    cfg = ef.resolve_config(ef.Settings(data=str(train_dir), precision="float32"), imgs,
-                            backbone.resolve_weights("none"), "float32")
+    cfg = ef.resolve_config(ef.make_plan(ef.Settings(data=str(train_dir), weights="none", precision="float32")))
     assert sorted(cfg) == sorted(["backbone", "layer", "layers", "image_size", "preprocessing", "resize", "dtype",
                                   "layout", "class_names", "verify", "n_inputs", "inputs_fingerprint", "val_split",
                                   "split_seed", "weights", "weights_file", "weights_sha256"])
