@@ -182,7 +182,8 @@ def test_every_backbone_end_to_end_at_its_minimum_size(name, tmp_path):
     assert _run(predict_main, ["--input", str(test), "--model", str(model_dir / "model.keras"), "--out", str(out),
                                "--precision", "float32"]) == 0
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 4 and all(0.0 <= float(r[list(r)[1]]) <= 1.0 for r in rows)
+    assert len(rows) == 4 and all(float(r["prob_cat"]) + float(r["prob_dog"]) == pytest.approx(1.0) for r in rows)
+    assert all(0.0 <= float(r["prob_dog"]) <= 1.0 and r["label"] in ("cat", "dog") for r in rows)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not backbones.get(n).cached_cut])
