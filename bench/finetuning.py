@@ -31,7 +31,7 @@ def bench_finetune_img_s(a, cache_path, mixed: bool) -> float:
         tr = c.rows(SPLIT_TRAIN)
         ds = labelled_dataset(c.config["data"], [c.paths[i] for i in tr], c.labels[tr], a.img_size, a.batch, seed=0,
                               augment=True)
-    fm.set_trainable(model, trunk, fm.UNFREEZE_FROM)
+    fm.set_trainable(model, trunk, fm.unfreeze_from(c.config))
     train.compile_for_finetuning(model, 1e-5, xla=False)
     timer = EpochTimer()
     model.fit(ds, epochs=1 + a.repeats, callbacks=[timer], verbose=0, shuffle=False)  # ds shuffles itself
@@ -68,13 +68,14 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
                "aug_views": aug_views, "xla": bool(xla), "extract_s": extract_s, **per["float32"],
                "by_precision": {p: per[p] for p in precisions if p != "float32"},
                "cached_split": _cached_optimizer_split(cache, tr, va, img_size, batch, repeats)}
-        views = cache.f[f"views/{fm.UNFREEZE_FROM}"]
+        cut = RECIPE.cached_cut
+        views = cache.f[f"views/{cut}"]
         n_views = views.shape[0] * views.shape[1]
         res.update({"disk_bytes_per_view": views.id.get_storage_size() / max(n_views, 1),
-                    "disk_bytes_clean_row": cache.features(fm.UNFREEZE_FROM).id.get_storage_size() / max(len(cache), 1),
-                    "ram_bytes_per_view": 4 * int(np.prod(cache.feature_shape(fm.UNFREEZE_FROM))),  # float32 in training
+                    "disk_bytes_clean_row": cache.features(cut).id.get_storage_size() / max(len(cache), 1),
+                    "ram_bytes_per_view": 4 * int(np.prod(cache.feature_shape(cut))),  # float32 in training
                     "cache_file_bytes": os.path.getsize(path),
-                    "feature_shape": list(cache.feature_shape(fm.UNFREEZE_FROM))})
+                    "feature_shape": list(cache.feature_shape(cut))})
     res["flop_ceiling"] = flop_ceiling(res["gflops_per_example"]["end_to_end"], res["gflops_per_example"]["cached"],
                                        len(tr), len(va))
     return res
@@ -88,7 +89,7 @@ def _models(cache, precision: str):
     with building(precision):
         model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), cache.layer,
                                            cache.feature_shape(cache.layer))
-    cached, _ = build_cached_model(model, trunk, fm.UNFREEZE_FROM)  # random head: throughput is the same
+    cached, _ = build_cached_model(model, trunk, RECIPE.cached_cut)  # random head: throughput is the same
     return model, cached
 
 
@@ -106,7 +107,7 @@ def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precisio
     model.fit(ds_tr, validation_data=ds_va, epochs=1 + repeats, callbacks=[e2e], verbose=0, shuffle=False)
 
     train.compile_for_finetuning(cached, 1e-5, xla)
-    feeds = ViewFeeds(cache, fm.UNFREEZE_FROM, tr, va, batch, 0, 1.0, False)
+    feeds = ViewFeeds(cache, RECIPE.cached_cut, tr, va, batch, 0, 1.0, False)
     cac = EpochTimer()
     cached.fit(feeds.train(), validation_data=feeds.val(), epochs=1 + repeats, callbacks=[epoch_clock(feeds), cac],
                verbose=0, shuffle=False)
@@ -126,5 +127,5 @@ def _cached_optimizer_split(cache, tr, va, img_size, batch, repeats) -> dict:
 
     from .stages import optimizer_epochs
 
-    sets = [(cache.read(r, fm.UNFREEZE_FROM), cache.labels[r].astype(np.float32)[:, None]) for r in (tr, va)]
+    sets = [(cache.read(r, RECIPE.cached_cut), cache.labels[r].astype(np.float32)[:, None]) for r in (tr, va)]
     return optimizer_epochs(lambda: _models(cache, "float32")[1], sets, batch, 1 + repeats, lr=1e-5)
