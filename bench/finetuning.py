@@ -87,8 +87,8 @@ def _models(cache, precision: str):
     from finetune.cached import build_cached_model
 
     with building(precision):
-        model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), cache.layer,
-                                           cache.feature_shape(cache.layer))
+        model, trunk = fm.build_full_model(cache.config, fm.resolve_cache_weights(cache), RECIPE.feature_layer,
+                                           cache.feature_shape(RECIPE.feature_layer))
     cached, _ = build_cached_model(model, trunk, RECIPE.cached_cut)  # random head: throughput is the same
     return model, cached
 
