@@ -324,7 +324,10 @@ import numpy as np
 from extract import images
 from extract.pipeline import labelled_dataset
 from core.precision import building
+from extract.backbones import DEFAULT, get
 from finetune import model as fm, train
+
+RECIPE = get(DEFAULT)
 
 imgs = images.discover(sys.argv[1])
 PRECISION = sys.argv[2]
@@ -340,13 +343,14 @@ def run(strategy, ds, w0=None):
 
     seen = []
     with strategy.scope(), building(PRECISION):  # stage 3's own build, trainable rule and compile, as run.py
-        model, trunk = fm.build_full_model({"image_size": 75}, {"weights": "none"}, "mixed7", (3, 3, 768))
+        model, trunk = fm.build_full_model({"image_size": 75, "backbone": RECIPE.constructor}, {"weights": "none"},
+                                           RECIPE.feature_layer, (3, 3, 768))
         if w0 is not None:
             model.set_weights(w0)
         # Dropout off: a replica draws masks for its half-batch, so masks (not the maths) would differ from one
         # device; without it both runs compute the same gradient up to summation order.
         model.get_layer("head").get_layer("head_dropout").rate = 0.0
-        fm.set_trainable(model, trunk, "mixed6")
+        fm.set_trainable(model, trunk, RECIPE.unfreeze_from)
         train.compile_for_finetuning(model, 1e-3, xla=False)
     w_start = model.get_weights()
     model.fit(ds, epochs=1, verbose=0, callbacks=[Losses()])
