@@ -51,10 +51,6 @@ class Settings:
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit HEAD_DIR/_work/ at most this often (core/runs.py)
     tb_dir: str = ""  # TB_DIR: TensorBoard logs in TB_DIR/head (core/tblogs.py); empty: none
 
-    @property
-    def head_config(self) -> dict:
-        return head_config(self.head, self.units, self.dropout)
-
     def head_config_for(self, classes: int) -> dict:
         """The head's record for a cache of `classes` classes (K = 2 records no `classes`: as before K existed)."""
         return head_config(self.head, self.units, self.dropout, classes)
