@@ -54,7 +54,8 @@ EPOCHS ?=
 LR ?=
 # --- stage 2: head -----------------------------------------------------------------------------------------
 HEAD_DIR ?= artifacts/head
-MEM_BUDGET ?= 2G
+# auto: hold the features in memory when they take at most half of what is free, else stream them; or a size, e.g. 2G
+MEM_BUDGET ?= auto
 HEAD ?= flatten
 UNITS ?= 1024
 DROPOUT ?= 0.2
@@ -221,7 +222,7 @@ browser:
 
 ## bench: measure every stage against the recipe it replaces (BENCH_N images) and the exports, then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
 bench: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
-	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
+	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) --scale-small $(BENCH_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
 	$(if $(SCALE_N),,$(PY) -m bench.backbones --out artifacts/bench_backbones.json --md artifacts/bench_backbones.md)
 
 ## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off, then as the other kind of CPU

@@ -20,7 +20,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per figure (median reported)")
     p.add_argument("--rss-rows", type=int, default=800, help="rows of the 1x cache for the RSS test (4x is 4x)")
     p.add_argument("--mem-budget", default=None,
-                   help="MEM_BUDGET: 64M for the RSS test (both caches exceed it); with --scale-n, stage 2's 2G")
+                   help="MEM_BUDGET: 64M for the RSS test (both caches exceed it); with --scale-n, stage 2's auto")
     p.add_argument("--ft-n", type=int, default=320,
                    help="images for cached_finetune_speedup (end-to-end epochs are the slowest part of the bench)")
     p.add_argument("--baseline-rows", type=int, default=20_000, help="train rows of the baseline's fit at scale")
@@ -46,16 +46,24 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="artifacts/bench.json; with --scale-n artifacts/bench_scale.json")
     g = p.add_argument_group("Kaggle-size run (make bench SCALE_N=25000, bench/scale.py): uses --img-size, "
                              "--mem-budget, --work, --out")
-    g.add_argument("--scale-n", type=int, default=0, help="rows of synthetic features: run this mode (SCALE_N)")
-    g.add_argument("--scale-images", type=int, default=ScaleOptions.images,
-                   help="generated JPEGs whose extraction is timed, then extrapolated to --scale-n")
+    g.add_argument("--scale-n", type=int, default=0, help="generated images: run this mode (SCALE_N)")
+    g.add_argument("--scale-small", type=int, default=ScaleOptions.small,
+                   help="images of the small set measured beside them, for scale_penalty")
+    g.add_argument("--scale-sweep-trials", type=int, default=ScaleOptions.sweep_trials, help="TRIALS of its sweep")
+    g.add_argument("--scale-sweep-epochs", type=int, default=ScaleOptions.sweep_epochs, help="EPOCHS of each trial")
+    g.add_argument("--scale-ft-n", type=int, default=ScaleOptions.ft_n,
+                   help="images of the end-to-end against cached fine-tuning epochs")
+    g.add_argument("--scale-backbone", default=ScaleOptions.other_backbone,
+                   help="the backbone extracted beside the default one (extract/backbones.py)")
     a = vars(p.parse_args(argv))
-    n, images = a.pop("scale_n"), a.pop("scale_images")
-    if n < 0 or images < 1:
-        p.error("--scale-n must be >= 0 (0: the bench) and --scale-images >= 1")
+    scale = {k[len("scale_"):]: a.pop(k) for k in list(a) if k.startswith("scale_")}
+    n = scale.pop("n")
+    if n < 0 or min(scale["small"], scale["sweep_trials"], scale["sweep_epochs"], scale["ft_n"]) < 1:
+        p.error("--scale-n must be >= 0 (0: the bench), the other --scale-* counts >= 1")
     if n:
         given = {k: a[k] for k in ("img_size", "mem_budget", "work", "out") if a[k] is not None}
-        return ScaleOptions(n=n, images=images, **given)
+        scale["other_backbone"] = scale.pop("backbone")
+        return ScaleOptions(n=n, **scale, **given)
     if a["only_exports"] and a["out"] is None:
         a["out"] = "artifacts/bench_exports.json"
     return Options(**{k: v for k, v in a.items() if v is not None})

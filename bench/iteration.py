@@ -26,7 +26,7 @@ def pooled_vs_flatten_epoch(cache_path, work, epochs: int = 4, batch: int = 64, 
     out = {}
     with open_cache(cache_path, need_labels=True) as cache:
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        in_memory = data.held_bytes(cache, np.concatenate([tr, va]), cache.layer) <= data.parse_bytes(mem_budget)
+        in_memory = data.hold_in_memory(cache, np.concatenate([tr, va]), cache.layer, mem_budget)[0]
         _, _, scale = data.pool_and_scale(cache, cache.layer, np.concatenate([tr, va]), tr)
         for kind in ("flatten", "pooled"):
             hc = head_config(kind)  # the default UNITS and DROPOUT of `make head`

@@ -11,6 +11,7 @@ import numpy as np
 from cache import SPLIT_TRAIN, SPLIT_VAL, CacheWriter, open_cache
 from classify.stage import DEFAULT_BATCH as HEAD_BATCH
 from core import WorkflowError
+from core.optimizer import adam
 from core.pipeline import fixed_pipeline
 from core.precision import building, feature_error
 from extract import backbone, backbones
@@ -93,7 +94,7 @@ def bench_recipe_epoch(a, cache_path, epochs):
     gflops = {"recipe": gflops_per_example(model, image), "head": gflops_per_example(head, shape)}
     # XLA, as the like-for-like head run (`--deterministic 0`) compiles the head. It helps the recipe too (8.9 vs
     # 16.4 s for 320 images on 2 cores), since the recipe's step also updates the head's 38.5M weights with Adam.
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"],
+    model.compile(optimizer=adam(1e-4), loss="binary_crossentropy", metrics=["accuracy"],
                   jit_compile=True)
 
     def from_files(paths, labels):  # decoded again every epoch, as the recipe's generators do
@@ -130,7 +131,7 @@ def optimizer_epochs(build, sets, batch: int, epochs: int, lr=1e-4) -> dict:
 
     tr, va = (fixed_pipeline(tf.data.Dataset.from_tensor_slices(xy).batch(batch)) for xy in sets)
     out = {}
-    for name, opt in (("adam", keras.optimizers.Adam), ("sgd", keras.optimizers.SGD)):
+    for name, opt in (("adam", adam), ("sgd", keras.optimizers.SGD)):  # make head's Adam (fused updates)
         model = build()
         model.compile(optimizer=opt(lr), loss="binary_crossentropy", metrics=["accuracy"], jit_compile=True)
         timer = EpochTimer()

@@ -29,11 +29,12 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--dropout", type=float, default=HEAD_DROPOUT, help="dropout rate (DROPOUT)")
     p.add_argument("--deterministic", type=int, default=1, choices=[0, 1],
                    help="op determinism: the same SEED gives the same weights bit for bit; Keras then runs "
-                        "without XLA, so epochs took 1.6x as long in make bench (--deterministic 0 --xla 1)")
+                        "without XLA (make bench: head_epoch_s_deterministic against head_epoch_s)")
     p.add_argument("--xla", type=int, default=1, choices=[0, 1],
-                   help="with --deterministic 0: compile the head's train step with XLA, ~3x faster epochs on a CPU")
-    p.add_argument("--mem-budget", default="2G",
-                   help="hold the features in memory only up to this size, else stream them (MEM_BUDGET, K/M/G)")
+                   help="with --deterministic 0: compile the head's train step with XLA")
+    p.add_argument("--mem-budget", default="auto",
+                   help="hold the features in memory up to this size, else stream them (MEM_BUDGET: a size with K/M/G, or "
+                        "auto: when they take at most half of the memory available now)")
     a = p.parse_args(argv)
     for name in ("epochs", "batch"):
         if getattr(a, name) < 1:

@@ -22,11 +22,44 @@ HELD_DTYPE = np.float32  # what `FeatureCache.read` returns, whatever the cache 
 
 
 def parse_bytes(text) -> int:
-    """'2G' -> 2147483648; K/M/G/T are powers of 1024, a bare number is bytes."""
+    """'2G' -> 2147483648; K/M/G/T are powers of 1024, a bare number is bytes ('auto': see resolve_budget)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
     if not m:
-        raise WorkflowError(f"MEM_BUDGET={text!r}: expected bytes or a number with K, M or G, e.g. MEM_BUDGET=2G")
+        raise WorkflowError(f"MEM_BUDGET={text!r}: expected auto, bytes or a number with K, M or G, e.g. MEM_BUDGET=2G")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+AUTO = "auto"
+# MEM_BUDGET=auto holds the features when they take at most this share of the memory available now: the rest is
+# room for the run (TensorFlow, the head and Adam's moments, the windows being cut, the OS's page cache).
+AUTO_SHARE = 0.5
+
+
+def available_bytes() -> int:
+    """Memory the OS can give this process now without swapping (psutil: MemAvailable on Linux)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def resolve_budget(text) -> tuple:
+    """MEM_BUDGET as (bytes, the words that say where that figure comes from); 'auto': AUTO_SHARE of what is free."""
+    if str(text).strip().lower() == AUTO:
+        free = available_bytes()
+        return int(AUTO_SHARE * free), (f"auto: {AUTO_SHARE:g} of the {free / 2**20:,.0f} MiB available now, the rest "
+                                        f"left for the run")
+    budget = parse_bytes(text)
+    return budget, f"{budget / 2**20:,.1f} MiB"
+
+
+def hold_in_memory(cache, rows, layer, mem_budget) -> tuple:
+    """(whether stage 2 holds `rows` of `layer` in memory under MEM_BUDGET, the log line that says which and why).
+    Either way the batches are the same (Feeds), so this decides speed and memory, never the weights."""
+    held = held_bytes(cache, rows, layer)
+    budget, why = resolve_budget(mem_budget)
+    in_memory = held <= budget
+    return in_memory, (f"head data: {held / 2**20:,.1f} MiB of features, MEM_BUDGET {why} -> "
+                       f"{'in memory' if in_memory else 'streamed in chunk-aligned windows'}")
 
 
 def held_bytes(cache, rows, layer) -> int:

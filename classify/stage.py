@@ -44,7 +44,7 @@ class Settings:
     seed: int = 42
     deterministic: bool = True
     xla: bool = True
-    mem_budget: str = "2G"
+    mem_budget: str = data.AUTO  # MEM_BUDGET: in memory when the features fit, else streamed (classify/data.py)
     head: str = "flatten"  # HEAD: the kind (classify/head.py)
     units: int = HEAD_UNITS
     dropout: float = HEAD_DROPOUT
@@ -129,7 +129,7 @@ def train_head_dir(s: Settings) -> int:
 
 def train_stage(s: Settings) -> int:
     """The baseline, then the head, then metrics.json; prints the side-by-side table."""
-    budget = data.parse_bytes(s.mem_budget)
+    data.resolve_budget(s.mem_budget)  # a wrong MEM_BUDGET fails before any work
     with open_cache(s.features, layer=s.layer or None, need_labels=True, fix="make features") as cache:
         s = replace(s, layer=s.layer or cache.layer)  # resolved once: the cache's own layer unless LAYER is given
         shape = record.check_layer_shape(cache, s.layer)
@@ -145,10 +145,8 @@ def train_stage(s: Settings) -> int:
                   f"run fingerprint {run_fp[:12]}); nothing to do")
             return 0
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        held = data.held_bytes(cache, np.concatenate([tr, va]), s.layer)
-        in_memory = held <= budget
-        print(f"{cache.summary()}\nhead data: {held / 2**20:,.1f} MiB of features, MEM_BUDGET "
-              f"{budget / 2**20:,.1f} MiB -> {'in memory' if in_memory else 'streamed in chunk-aligned windows'}")
+        in_memory, line = data.hold_in_memory(cache, np.concatenate([tr, va]), s.layer, s.mem_budget)
+        print(f"{cache.summary()}\n{line}")
         record.begin(s.head_dir)
         # Baseline first: it needs no TensorFlow, and its memory is freed before the head's is taken.
         base_m, scale = run_baseline(cache, s.layer, s.seed, tr, va, s.head_dir)
@@ -156,7 +154,7 @@ def train_stage(s: Settings) -> int:
         settings = {k: v for k, v in asdict(s).items() if k not in ("head", "units", "dropout")}
         config = {**settings, "head": identity["head"], "run_fingerprint": run_fp,
                   "features": os.path.abspath(s.features), "head_dir": os.path.abspath(s.head_dir),
-                  "mem_budget_bytes": budget, "optimizer": "adam", "xla": s.uses_xla,
+                  "data": head_m["data"], "data_note": line, "optimizer": "adam", "xla": s.uses_xla,
                   "loss": loss_name(len(cache.class_names)), "patience": PATIENCE, "feature_scale": scale,
                   "feature_scale_note": "the head was trained on features / feature_scale, then the scale was "
                                         "folded into the head's first Dense kernel (head_dense; head_output when "

@@ -16,6 +16,7 @@ per-feature standardising, because ReLU features that are always 0 on the train 
 import numpy as np
 
 from core import WorkflowError
+from core.optimizer import adam
 from core.runs import RunState
 
 from .head import build_head, first_dense, loss_name
@@ -37,12 +38,11 @@ def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience
     if start:
         print(f"{run.dir}: resuming at epoch {start + 1} (delete it to start afresh)")
     model = build_head(feeds.shape, **(head or {}))
-    # XLA, CPUs included (where Keras' jit_compile="auto" turns it off): without it Adam's update of the 38.5M
-    # weights of a 150 px head runs as separate memory-bound kernels, which took 3.3 of 5.1 s of a 480-row epoch on
-    # 2 cores; fused by XLA, the epoch took 1.8 s. Keras refuses XLA under op determinism (not every XLA op has a
-    # deterministic form): the caller asks for at most one of them (classify.stage.Settings.uses_xla).
+    # Adam's update of the 38.5M weights of a 150 px head is one fused kernel per weight (core/optimizer.py), so the
+    # deterministic default needs no XLA for it. XLA stays a choice (XLA=1 with DETERMINISTIC=0); Keras refuses it
+    # under op determinism (not every XLA op has a deterministic form), so the caller asks for at most one of them.
     assert not (xla and deterministic), "Keras would drop XLA under op determinism, with only a warning"
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr, weight_decay=weight_decay),
+    model.compile(optimizer=adam(lr, weight_decay),
                   loss=loss_name((head or {}).get("classes", 2)), jit_compile=xla, metrics=["accuracy"])
     if start < epochs:
         model.fit(feeds.train(), validation_data=feeds.val(), epochs=epochs, initial_epoch=start, verbose=verbose,

@@ -45,10 +45,11 @@ def compile_for_finetuning(model, lr: float, xla: bool, classes: int = 2):
     import keras
 
     from classify.head import loss_name
+    from core.optimizer import adam
 
     # Keras' AUC metric reads one probability per row: the binary model's; K > 2 records its macro AUC after training
     auc = [keras.metrics.AUC(name="auc")] if classes == 2 else []
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss_name(classes), metrics=["accuracy", *auc],
+    model.compile(optimizer=adam(lr), loss=loss_name(classes), metrics=["accuracy", *auc],
                   jit_compile=bool(xla))
 
 

@@ -47,7 +47,10 @@ def find_issues(y, probs) -> np.ndarray:
     """Row positions whose given label cleanlab doubts, most doubtful first (ranked by self-confidence)."""
     from cleanlab.filter import find_label_issues
 
-    return np.asarray(find_label_issues(np.asarray(y, np.int64), np.asarray(probs),
+    # n_jobs=1: cleanlab's pool shares its inputs through module globals, which only fork-started workers see; in a
+    # process whose start method is spawn (a bench child, for one) its workers fail with a NameError. Its parallel
+    # part is one O(n) pass per class: at 25,000 rows a fraction of a second.
+    return np.asarray(find_label_issues(np.asarray(y, np.int64), np.asarray(probs), n_jobs=1,
                                         return_indices_ranked_by="self_confidence"), np.int64)
 
 

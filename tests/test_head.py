@@ -28,6 +28,7 @@ from core import WorkflowError
 from cache import (SPLIT_TRAIN, SPLIT_VAL, CacheWriter, FeatureCache, epoch_windows, fingerprint,
                    open_cache)
 from classify.__main__ import parse_args
+from classify import data
 from classify.data import parse_bytes
 from core.files import partial_name
 
@@ -177,6 +178,13 @@ def both_paths(big_cache, tmp_path_factory):
         runs["memory"] = _train_in_process(big_cache, tmp_path_factory.mktemp("mem"), "1G", mp)
     with pytest.MonkeyPatch.context() as mp:
         runs["stream"] = _train_in_process(big_cache, tmp_path_factory.mktemp("stream"), str(held // 4), mp)
+    # MEM_BUDGET=auto both ways: this machine's free memory (ample for these rows), then a machine where half of what
+    # is free is less than the features
+    with pytest.MonkeyPatch.context() as mp:
+        runs["auto"] = _train_in_process(big_cache, tmp_path_factory.mktemp("auto"), "auto", mp)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "available_bytes", lambda: held)
+        runs["auto_scarce"] = _train_in_process(big_cache, tmp_path_factory.mktemp("auto_scarce"), "auto", mp)
     return runs, info
 
 
@@ -193,6 +201,18 @@ def test_streaming_and_in_memory_give_the_same_head(both_paths):
     col = h_mem[0].index("seconds")
     assert [r[:col] + r[col + 1:] for r in h_mem] == [r[:col] + r[col + 1:] for r in h_str]  # every epoch's metrics
     assert len(w_mem) == len(w_str) and all(np.array_equal(a, b) for a, b in zip(w_mem, w_str))  # bit for bit
+
+
+@pytest.mark.slow
+def test_mem_budget_auto_gives_the_weights_of_both_explicit_paths(both_paths):
+    runs, _ = both_paths
+    assert runs["auto"][0]["head"]["data"] == "in memory" and runs["auto_scarce"][0]["head"]["data"] == "streamed"
+    note = runs["auto_scarce"][0]["config"]["data_note"]
+    assert "MEM_BUDGET auto: 0.5 of the" in note and note.endswith("streamed in chunk-aligned windows"), note
+    for run in ("auto", "auto_scarce"):
+        for ref in ("memory", "stream"):
+            w, w_ref = runs[run][2], runs[ref][2]
+            assert len(w) == len(w_ref) and all(np.array_equal(a, b) for a, b in zip(w, w_ref)), (run, ref)
 
 
 @pytest.mark.slow
@@ -285,6 +305,9 @@ def test_mem_budget_parsing():
     assert parse_bytes("1.5K") == 1536 and parse_bytes("2GiB") == 2 << 30
     with pytest.raises(WorkflowError, match="MEM_BUDGET='lots'"):
         parse_bytes("lots")
+    assert data.resolve_budget("2G")[0] == 2 << 30
+    budget, why = data.resolve_budget("Auto")
+    assert 0 < budget <= data.available_bytes() and why.startswith("auto: 0.5 of the"), why
     assert partial_name("/a/head.keras") == "/a/head.partial.keras"
     assert partial_name("best.weights.h5") == "best.partial.weights.h5"
 
@@ -295,7 +318,7 @@ def test_make_demo_runs_this_stage_with_flags_argparse_accepts():
     line = next(l for l in out.replace("\\\n", " ").splitlines() if " -m classify " in l)
     a = parse_args(shlex.split(line.split(" -m classify ", 1)[1]))
     assert (a.features, a.head_dir, a.epochs, a.mem_budget) == ("artifacts/demo/features.h5", "artifacts/demo/head",
-                                                                 10, "2G")
+                                                                 10, "auto")
 
 
 # -- resume after SIGKILL -----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--layer", default="", help="cached layer (LAYER); empty: the cache's own")
     p.add_argument("--epochs", type=int, default=20, help="most epochs per trial; early stopping/pruning end sooner")
     p.add_argument("--seed", type=int, default=42, help="weights init, shuffling and the sampler (SEED)")
-    p.add_argument("--mem-budget", default="2G", help="features in memory up to this size, else streamed (MEM_BUDGET)")
+    p.add_argument("--mem-budget", default="auto", help="features in memory up to this size, else streamed (MEM_BUDGET)")
     add_tb_dir(p)
     return p.parse_args(argv)
 

@@ -174,7 +174,7 @@ def run_trial(trial, ctx: dict) -> float:
 
 
 def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed: int = 42,
-              mem_budget="2G", timeout=None, storage=None, tb_dir="") -> dict:
+              mem_budget=data.AUTO, timeout=None, storage=None, tb_dir="") -> dict:
     """Run trials until the study holds `trials` COMPLETE + PRUNED ones (or `timeout` passes); returns counts.
     `tb_dir` (TB_DIR): TensorBoard logs in TB_DIR/sweep, one run per trial and the HParams experiment."""
     import optuna
@@ -187,7 +187,7 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
     deadline = time.monotonic() + parse_duration(timeout)
     os.makedirs(os.path.join(sweep_dir, "trials"), exist_ok=True)
     url = storage or f"sqlite:///{os.path.abspath(os.path.join(sweep_dir, 'study.db'))}"
-    budget = data.parse_bytes(mem_budget)
+    data.resolve_budget(mem_budget)  # a wrong MEM_BUDGET fails before any work
     # Under the lock: two workers starting together would both create SQLite's tables ("table already exists").
     # First: a wrong STORAGE, a server that is down or a missing driver fails before any work.
     with outputs.locked(sweep_dir):
@@ -195,7 +195,8 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
     with open_cache(features, layer=layer or None, need_labels=True, fix="make features") as cache:
         layer = layer or cache.layer  # the cache's own layer unless LAYER is given
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        in_memory = data.held_bytes(cache, np.concatenate([tr, va]), layer) <= budget
+        in_memory, line = data.hold_in_memory(cache, np.concatenate([tr, va]), layer, mem_budget)
+        tqdm.write(line)
         _, _, scale = data.pool_and_scale(cache, layer, np.concatenate([tr, va]), tr)
         name = study_name(cache, layer, epochs, seed)
         with outputs.locked(sweep_dir):
