@@ -92,6 +92,15 @@ def pool_and_scale(cache, layer, rows, train_rows, desc="pool"):
     return rows, pooled, scale
 
 
+def hold(cache, layer, train_rows, val_rows) -> tuple:
+    """(every labelled row in cache order, read once, position of each cache row in it or -1): what Feeds index when
+    in memory. One per process: a sweep's trials share it (each its own read held them all at once: OOM at 25,000)."""
+    rows = np.sort(np.concatenate([train_rows, val_rows]))
+    pos = np.full(len(cache), -1, np.int64)
+    pos[rows] = np.arange(len(rows))
+    return cache.read(rows, layer), pos
+
+
 @dataclass
 class Feeds:
     """Train and val batches of (features / scale, label) as tf.data, from memory or streamed from the cache."""
@@ -108,18 +117,15 @@ class Feeds:
     # Stage 3's batch rule for training (extract.pipeline.labelled_dataset): every batch exactly `batch` rows, the last
     # padded with zero-weight rows, as (x, y, weight). Off for stage 2, whose last batch stays short and unweighted.
     pad_last: bool = False
-    _array: np.ndarray = field(default=None, repr=False)
-    _pos: np.ndarray = field(default=None, repr=False)
+    # in_memory: the rows already held (`hold`), e.g. shared by a sweep's trials; None: read them here
+    held: tuple = field(default=None, repr=False)
 
     def __post_init__(self):
         self.shape = tuple(self.cache.feature_shape(self.layer))
         self.chunk_rows = self.cache.chunk_rows(self.layer)
         self.labels = self.cache.labels.astype(np.float32)
-        if self.in_memory:  # one read of every labelled row, in cache order; windows then index it
-            held = np.sort(np.concatenate([self.train_rows, self.val_rows]))
-            self._array = self.cache.read(held, self.layer)
-            self._pos = np.full(len(self.cache), -1, np.int64)
-            self._pos[held] = np.arange(len(held))
+        if self.in_memory:
+            self._array, self._pos = self.held or hold(self.cache, self.layer, self.train_rows, self.val_rows)
         # Prefetch about one window of batches: the next window is read while the model eats this one,
         # and memory stays bounded by two windows whatever the cache's size.
         window_rows = max(len(w) for w in self.train_windows())

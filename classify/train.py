@@ -39,7 +39,7 @@ def train_head(feeds, epochs: int, lr: float, seed: int, run: RunState, patience
         print(f"{run.dir}: resuming at epoch {start + 1} (delete it to start afresh)")
     model = build_head(feeds.shape, **(head or {}))
     # Adam's update of the 38.5M weights of a 150 px head is one fused kernel per weight (core/optimizer.py), so the
-    # deterministic default needs no XLA for it. XLA stays a choice (XLA=1 with DETERMINISTIC=0); Keras refuses it
+    # deterministic default needs no XLA for it. XLA stays a choice (--xla 1 with --deterministic 0); Keras refuses it
     # under op determinism (not every XLA op has a deterministic form), so the caller asks for at most one of them.
     assert not (xla and deterministic), "Keras would drop XLA under op determinism, with only a warning"
     model.compile(optimizer=adam(lr, weight_decay),

@@ -5,9 +5,10 @@ Reads and writes nothing. Example: python -c "from core.optimizer import adam; p
 
 Why: Keras 3 writes Adam's update as about ten element-wise ops per weight (m, v, then the weight), each a pass
 over memory. Without XLA, which stages 2 and 3 run without by default (Keras drops XLA under op determinism), those
-passes were most of the head's step: on 2 cores (avx512) a 1,600-row epoch of the 150 px flatten head took
-2.5-3.1 ms per train row, and 1.9-2.0 with TensorFlow's fused ResourceApplyAdam; cached fine-tuning went from
-10.2 to 8.2 ms per row (make bench: head_epoch, cached_finetune). The fused kernel computes Keras' formula
+passes took about a third of the head's step: on 2 cores (avx512, 2,000 rows of a 150 px cache, in memory) the
+flatten head's epoch took 2.5-3.1 ms per train row with Keras' Adam, 1.9-2.0 with TensorFlow's fused
+ResourceApplyAdam (2.8 with XLA); a cached fine-tuning epoch went from 10.2 to 8.2 ms per row. The kernel computes
+Keras' formula
 (m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= m lr sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps)),
 element-wise, so it is as deterministic as the unfused ops; its rounding may differ in the last bit
 (tests/test_optimizer.py bounds it). Weight decay stays Keras' own step, applied before the update.

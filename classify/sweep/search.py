@@ -125,7 +125,7 @@ def run_trial(trial, ctx: dict) -> float:
     trial_dir = os.path.join(ctx["sweep_dir"], "trials", f"{trial.number:04d}")
     keras.backend.clear_session()  # each trial builds a new graph: don't let the last ones pile up
     feeds = data.Feeds(cache, ctx["layer"], ctx["tr"], ctx["va"], p["batch"], ctx["seed"], ctx["scale"],
-                       ctx["in_memory"])
+                       ctx["in_memory"], held=ctx["held"])
     identity = {"cache_fingerprint": cache.fingerprint, "layer": ctx["layer"], "trial": trial.number,
                 "study": ctx["study"], **p}
     pruning = PruningCallback(trial)
@@ -204,7 +204,8 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
                                         load_if_exists=True, sampler=make_sampler(seed, 0),
                                         pruner=optuna.pruners.MedianPruner(**PRUNER))
             study.set_metric_names(["val_log_loss"])
-        ctx = {"cache": cache, "layer": layer, "tr": tr, "va": va, "scale": scale, "in_memory": in_memory,
+        held = data.hold(cache, layer, tr, va) if in_memory else None  # read once, shared by every trial
+        ctx = {"cache": cache, "layer": layer, "tr": tr, "va": va, "scale": scale, "in_memory": in_memory, "held": held,
                "epochs": epochs, "seed": seed, "sweep_dir": sweep_dir, "trials": trials, "study": name,
                "mem_budget": mem_budget, "tb_dir": tblogs.stage_dir(tb_dir, "sweep")}
         if ctx["tb_dir"]:
