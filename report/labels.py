@@ -48,8 +48,8 @@ def find_issues(y, probs) -> np.ndarray:
     from cleanlab.filter import find_label_issues
 
     # n_jobs=1: cleanlab's pool shares its inputs through module globals, which only fork-started workers see; in a
-    # process whose start method is spawn (a bench child, for one) its workers fail with a NameError. Its parallel
-    # part is one O(n) pass per class: at 25,000 rows a fraction of a second.
+    # process whose start method is spawn (a bench child, for one) its workers fail with a NameError. What it
+    # parallelises is one pass per class; `make report` took 16.5 s in all at 25,000 rows (docs/bench_scale.json).
     return np.asarray(find_label_issues(np.asarray(y, np.int64), np.asarray(probs), n_jobs=1,
                                         return_indices_ranked_by="self_confidence"), np.int64)
 
