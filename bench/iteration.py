@@ -15,6 +15,8 @@ from classify import data
 from classify.head import build_head, head_config
 from core.runs import RunState
 
+from .timing import steady_epoch_s
+
 
 def pooled_vs_flatten_epoch(cache_path, work, epochs: int = 4, batch: int = 64, lr: float = 1e-4, seed: int = 0,
                             mem_budget="2G") -> dict:
@@ -34,7 +36,7 @@ def pooled_vs_flatten_epoch(cache_path, work, epochs: int = 4, batch: int = 64, 
             run = RunState(os.path.join(work, f"head-{kind}"), {"bench": kind})
             head = train_head(feeds, epochs, lr, seed, run, PATIENCE, verbose=0, head=hc)
             seconds = [r["seconds"] for r in run.rows()]
-            out[f"{kind}_epoch_s"] = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+            out[f"{kind}_epoch_s"] = steady_epoch_s(seconds)
             out[f"{kind}_parameters"] = head.count_params()
             run.clear()
     out["pooled_vs_flatten_epoch"] = out["flatten_epoch_s"] / out["pooled_epoch_s"]

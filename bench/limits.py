@@ -15,7 +15,7 @@ from core.precision import AUTO_BF16, native_bf16, resolve
 from . import roofline as rl
 
 
-def _training(gflops: dict, params: int, batch: int, n_train: int, n_val: int, measured: float,
+def training_stage(gflops: dict, params: int, batch: int, n_train: int, n_val: int, measured: float,
               gemm: float, bw: float, split=None, feed_bytes: float = 0.0) -> dict:
     """One training stage: its work, its roofline by phase, the fraction achieved, and its parts where `split`
     (in-memory Adam and SGD epochs) was measured."""
@@ -53,16 +53,16 @@ def against_limits(res: dict, head_params: int, head_batch: int, feature_shape) 
                           "measured_img_s": ext["extract_img_s"], "fraction": ext["extract_img_s"] / at_peak,
                           "parts": ext_parts, "bottleneck": rl.bottleneck(ext_parts)}}
     split = res["head_breakdown"]
-    out["head_epoch"] = _training(
+    out["head_epoch"] = training_stage(
         res["gflops_per_example"]["head"], head_params, head_batch, res["n_train"], res["n_val"],
         res["head_epoch_s"], gemm, bw,
         {"adam": split["head_epoch_s_in_memory_adam"], "sgd": split["head_epoch_s_in_memory_sgd"]},
         feed_bytes=(res["n_train"] + res["n_val"]) * 4 * float(np.prod(feature_shape)))
     g = ft["gflops_per_example"]
-    out["cached_finetune"] = _training(
+    out["cached_finetune"] = training_stage(
         g["cached"], ft["trained_weights"], ft["batch"], ft["n_train"], ft["n_val"], ft["cached_epoch_s"], gemm,
         bw, ft["cached_split"], feed_bytes=(ft["n_train"] + ft["n_val"]) * ft["ram_bytes_per_view"])
-    out["end_to_end_finetune"] = _training(
+    out["end_to_end_finetune"] = training_stage(
         g["end_to_end"], ft["trained_weights"], ft["batch"], ft["n_train"], ft["n_val"],
         ft["end_to_end_epoch_s"], gemm, bw)
     out["model"] = rl.__doc__.split("\n\n", 2)[2].strip()  # how the roofline is counted, stated in the file itself

@@ -37,9 +37,9 @@ from extract import backbones
 from extract.features import Settings as ExtractSettings, make_plan
 from finetune import run as ft_run, train as ft_train
 
-from . import roofline as rl
+from .limits import training_stage
 from .scalereport import KAGGLE_TRAIN, kaggle_estimate, markdown
-from .timing import machine, median, peak_rss_mib, read_history_seconds, run_head_cli
+from .timing import machine, peak_rss_mib, read_history_seconds, run_head_cli, steady_epoch_s
 
 RECIPE = backbones.get(backbones.DEFAULT)  # the Kaggle-size run measures the default backbone
 FEATURE_LAYER = RECIPE.feature_layer
@@ -358,7 +358,7 @@ def head_part(o: ScaleOptions, path, head_dir, epochs: int, *extra) -> tuple:
                               "--batch", str(o.head_batch), "--mem-budget", o.mem_budget, *extra)
     wall = time.perf_counter() - t0
     secs, h, b = read_history_seconds(head_dir), m["head"], m["baseline"]
-    epoch_s = median(secs[1:]) if len(secs) > 1 else secs[0]  # the first epoch also traces the step
+    epoch_s = steady_epoch_s(secs)
     n = h["n_train"] + h["n_val"]
     head = {"kind": h["kind"], "rows": n, "train_rows": h["n_train"], "val_rows": h["n_val"], "epochs": len(secs),
             "epoch_s_runs": secs, "seconds": epoch_s, "seconds_note": "per epoch (train + validation), the median "
@@ -383,7 +383,7 @@ def finetune_part(o: ScaleOptions, sets: dict, bf16: bool) -> dict:
         r = in_child(cached_finetune_epochs, path, os.path.join(o.work, f"ft-{name}"), o.ft_batch, o.seed, epochs,
                      precision)
         f = r["result"]
-        secs = median(f["epoch_s_runs"][1:]) if len(f["epoch_s_runs"]) > 1 else f["epoch_s_runs"][0]
+        secs = steady_epoch_s(f["epoch_s_runs"])
         out[name] = {**f, "precision": precision, "rows": f["train_rows"] + f["val_rows"], "seconds": secs,
                      "seconds_note": "per epoch (train + validation) after the steps were traced; the median after "
                                      "the first where there are several", "s_per_train_row": secs / f["train_rows"],
@@ -405,29 +405,32 @@ def scale_penalty(res) -> dict:
 
 
 def roofline(res, s) -> dict:
-    """The head's and cached fine-tuning's epochs against this machine's peaks, at both sizes (bench/roofline.py),
-    and cached against end-to-end epochs on the small bench's set, against their FLOP ceiling."""
+    """The head's and cached fine-tuning's epochs against this machine's peaks, at both sizes (bench/limits.py's
+    training_stage, as `make bench` counts them), and cached against end-to-end epochs on the small bench's set,
+    against their FLOP ceiling."""
     peaks = s["peaks"]
     gemm, bw = peaks["gemm_gflops_float32"], peaks["memory_gb_s"]
     sb = res["finetune_small_bench"]
+
+    def stage(gflops, params, batch, n_train, n_val, measured, **extra):
+        out = training_stage(gflops, params, batch, n_train, n_val, measured, gemm, bw)
+        return {**extra, **out, "roofline_s": out["roofline"]["roofline_s"]}
+
     out = {"peaks": {"gemm_gflops_float32": gemm, "memory_gb_s": bw}}
-    for stage, part, gflops, params, batch in (
+    for name, part, gflops, params, batch in (
             ("head", res["head"], s["head_gflops"], s["head_weights"], res["config"]["head_batch"]),
             ("cached_finetune", res["cached_finetune"], sb["gflops_per_example"]["cached"], sb["trained_weights"],
              res["config"]["ft_batch"])):
         for size in ("small", "big"):
             p = part[size]
-            roof = rl.training_epoch(gflops, p["train_rows"], p["val_rows"], batch, params, gemm, bw)
-            out[f"{stage}_{size}"] = {"rows": p["rows"], "measured_s": p["seconds"], "roofline_s": roof["roofline_s"],
-                                      "fraction": roof["roofline_s"] / p["seconds"], "roofline": roof}
+            out[f"{name}_{size}"] = stage(gflops, params, batch, p["train_rows"], p["val_rows"], p["seconds"],
+                                          rows=p["rows"])
     out["cached_vs_end_to_end"] = {
         "images": sb["n_images"], "end_to_end_epoch_s": sb["end_to_end_epoch_s"], "cached_epoch_s": sb["cached_epoch_s"],
         "speedup": sb["cached_finetune_speedup"], "flop_ceiling": sb["flop_ceiling"],
         "fraction_of_ceiling": sb["cached_finetune_speedup"] / sb["flop_ceiling"],
         "note": "bench/finetuning.py on the small bench's set: float32, AUG_VIEWS=2, XLA=0, median of 2 epochs after "
                 "the first"}
-    small_ft = rl.training_epoch(sb["gflops_per_example"]["cached"], sb["n_train"], sb["n_val"], sb["batch"],
-                                 sb["trained_weights"], gemm, bw)
-    out["cached_finetune_small_bench"] = {"measured_s": sb["cached_epoch_s"], "roofline_s": small_ft["roofline_s"],
-                                          "fraction": small_ft["roofline_s"] / sb["cached_epoch_s"]}
+    out["cached_finetune_small_bench"] = stage(sb["gflops_per_example"]["cached"], sb["trained_weights"], sb["batch"],
+                                               sb["n_train"], sb["n_val"], sb["cached_epoch_s"])
     return out

@@ -34,6 +34,12 @@ def median(xs):
     return float(statistics.median(xs))
 
 
+def steady_epoch_s(seconds) -> float:
+    """An epoch's cost without tracing: the median epoch after the first (which also traces the steps), or the only
+    epoch when there is one."""
+    return median(seconds[1:]) if len(seconds) > 1 else float(seconds[0])
+
+
 class EpochTimer:
     """Keras callback collecting wall seconds per epoch (epoch 0 includes tracing: excluded by the caller)."""
 
