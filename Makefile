@@ -177,7 +177,7 @@ sweep: $(STAMP)
 finetune: $(STAMP)
 	$(PY) -m finetune --data $(DATA) --features $(FEATURES) --head-dir $(HEAD_DIR) --model-dir $(MODEL_DIR) \
 	  $(call opt,--unfreeze-from,$(UNFREEZE_FROM)) --seed $(SEED) --mixed-precision $(MIXED_PRECISION) --xla $(XLA) \
-	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) \
+	  --from-cache $(FROM_CACHE) --precision $(or $(PRECISION),auto) --checkpoint-s $(CHECKPOINT_S) --mem-budget $(MEM_BUDGET) \
 	  $(call opt,--epochs,$(EPOCHS)) $(call opt,--batch,$(BATCH)) $(call opt,--lr,$(LR)) $(call opt,--tb-dir,$(TB_DIR))
 
 ## predict: write PREDICTIONS (path,label,prob,prob_<class>...) for INPUT (an image or a folder) with MODEL (CALIBRATE=1, TTA=none|flip)

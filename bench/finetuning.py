@@ -12,6 +12,7 @@ from core.precision import building
 from core.runs import epoch_clock
 from extract import backbones
 from extract.features import Settings, extract_features, make_plan
+from finetune.cached import hold_views
 
 RECIPE = backbones.get(backbones.DEFAULT)  # the default backbone's cached cut and feature layer
 from extract.pipeline import labelled_dataset
@@ -39,7 +40,8 @@ def bench_finetune_img_s(a, cache_path, mixed: bool) -> float:
 
 
 def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, repeats: int = 3,
-                            aug_views: int = 2, xla: bool = False, precisions=("float32",)) -> dict:
+                            aug_views: int = 2, xla: bool = False, precisions=("float32",),
+                            mem_budget: str = "auto") -> dict:
     """Seconds of one end-to-end fine-tuning epoch from image files / seconds of one cached epoch, in one process.
 
     Generates `n_images` ~350x400 JPEGs in `work_dir`, caches mixed6,mixed7 with `aug_views` views (WEIGHTS=none:
@@ -48,8 +50,9 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
     The float32 figures keep their keys; each other precision's (the network built under its policy, as
     `make finetune PRECISION=...` trains it) go under `by_precision`. For the roofline (bench/roofline.py) it also
     returns the trained weights' count and the cached step split into its optimizer's update and the rest
-    (in-memory features, Adam vs SGD). Also disk and RAM per cached view. Leaves `work_dir` in place (main removes
-    the whole scratch folder).
+    (in-memory features, Adam vs SGD). Also disk and RAM per cached view. The cached path holds its features or
+    streams them as `make finetune MEM_BUDGET=mem_budget` would (`cached_data`). Leaves `work_dir` in place (main
+    removes the whole scratch folder).
     """
     from finetune import model as fm
 
@@ -63,9 +66,10 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
     extract_s = time.perf_counter() - t0
     with open_cache(path, need_labels=True) as cache:
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
-        per = {p: _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, p) for p in precisions}
+        in_memory, note = hold_views(cache, RECIPE.cached_cut, tr, va, mem_budget)
+        per = {p: _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, p, in_memory) for p in precisions}
         res = {"n_images": n_images, "n_train": len(tr), "n_val": len(va), "img_size": img_size, "batch": batch,
-               "aug_views": aug_views, "xla": bool(xla), "extract_s": extract_s, **per["float32"],
+               "aug_views": aug_views, "xla": bool(xla), "extract_s": extract_s, "cached_data": note, **per["float32"],
                "by_precision": {p: per[p] for p in precisions if p != "float32"},
                "cached_split": _cached_optimizer_split(cache, tr, va, img_size, batch, repeats)}
         cut = RECIPE.cached_cut
@@ -93,7 +97,7 @@ def _models(cache, precision: str):
     return model, cached
 
 
-def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precision) -> dict:
+def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precision, in_memory) -> dict:
     """Epoch seconds of both paths at one precision, their GFLOPs per image and trained weights."""
     from finetune import model as fm, train
     from finetune.cached import ViewFeeds
@@ -107,7 +111,7 @@ def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precisio
     model.fit(ds_tr, validation_data=ds_va, epochs=1 + repeats, callbacks=[e2e], verbose=0, shuffle=False)
 
     train.compile_for_finetuning(cached, 1e-5, xla)
-    feeds = ViewFeeds(cache, RECIPE.cached_cut, tr, va, batch, 0, 1.0, False)
+    feeds = ViewFeeds(cache, RECIPE.cached_cut, tr, va, batch, 0, 1.0, in_memory)
     cac = EpochTimer()
     cached.fit(feeds.train(), validation_data=feeds.val(), epochs=1 + repeats, callbacks=[epoch_clock(feeds), cac],
                verbose=0, shuffle=False)
@@ -123,9 +127,14 @@ def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precisio
 
 def _cached_optimizer_split(cache, tr, va, img_size, batch, repeats) -> dict:
     """The cached step on in-memory mixed6 features with Adam and with SGD (bench.stages.optimizer_epochs)."""
-    from finetune import model as fm
+    from finetune.gradients import input_gradient
 
     from .stages import optimizer_epochs
 
+    def build():
+        cached = _models(cache, "float32")[1]
+        input_gradient(cached)  # stage 3's step: compile_for_finetuning reroutes the head's input gradient too
+        return cached
+
     sets = [(cache.read(r, RECIPE.cached_cut), cache.labels[r].astype(np.float32)[:, None]) for r in (tr, va)]
-    return optimizer_epochs(lambda: _models(cache, "float32")[1], sets, batch, 1 + repeats, lr=1e-5)
+    return optimizer_epochs(build, sets, batch, 1 + repeats, lr=1e-5)

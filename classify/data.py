@@ -55,10 +55,14 @@ def resolve_budget(text) -> tuple:
 def hold_in_memory(cache, rows, layer, mem_budget) -> tuple:
     """(whether stage 2 holds `rows` of `layer` in memory under MEM_BUDGET, the log line that says which and why).
     Either way the batches are the same (Feeds), so this decides speed and memory, never the weights."""
-    held = held_bytes(cache, rows, layer)
+    return fits(held_bytes(cache, rows, layer), mem_budget, "head data")
+
+
+def fits(held: int, mem_budget, what: str) -> tuple:
+    """(whether `held` bytes fit MEM_BUDGET, the log line '<what>: N MiB of features, MEM_BUDGET ... -> ...')."""
     budget, why = resolve_budget(mem_budget)
     in_memory = held <= budget
-    return in_memory, (f"head data: {held / 2**20:,.1f} MiB of features, MEM_BUDGET {why} -> "
+    return in_memory, (f"{what}: {held / 2**20:,.1f} MiB of features, MEM_BUDGET {why} -> "
                        f"{'in memory' if in_memory else 'streamed in chunk-aligned windows'}")
 
 

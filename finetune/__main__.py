@@ -14,6 +14,7 @@ InceptionV3) and augmented views (finetune/cached.py; about a third of the work 
 """
 import argparse
 
+from classify.data import AUTO, resolve_budget
 from core import WorkflowError, cli, precision
 from core.options import add_training
 
@@ -40,7 +41,11 @@ def parse_args(argv=None) -> Settings:
     p.add_argument("--xla", type=int, default=0, choices=[0, 1], help="compile the train step with XLA (XLA)")
     p.add_argument("--from-cache", type=int, default=0, choices=[0, 1],
                    help="1: train the block after UNFREEZE_FROM + head on cached features and views (FROM_CACHE)")
+    p.add_argument("--mem-budget", default=AUTO,
+                   help="FROM_CACHE=1: auto holds the cached features and views in memory when they take at most half "
+                        "of the memory free now, else streams them; or a size, e.g. 2G (MEM_BUDGET)")
     a = p.parse_args(argv)
+    resolve_budget(a.mem_budget)  # a bad MEM_BUDGET fails now, not after the equivalence pass
     for name, value in (("EPOCHS", a.epochs), ("BATCH", a.batch), ("LR", a.lr)):
         if not value > 0:
             raise WorkflowError(f"{name}={value}: must be positive, e.g. EPOCHS=10 BATCH=32 LR=1e-5")
@@ -51,7 +56,7 @@ def parse_args(argv=None) -> Settings:
     return Settings(data=a.data, features=a.features, head_dir=a.head_dir, model_dir=a.model_dir,
                     unfreeze_from=a.unfreeze_from, epochs=a.epochs, batch=a.batch, lr=a.lr, patience=a.patience,
                     seed=a.seed, mixed_precision=a.mixed_precision, xla=bool(a.xla), from_cache=bool(a.from_cache),
-                    precision=a.precision, checkpoint_s=a.checkpoint_s, tb_dir=a.tb_dir)
+                    precision=a.precision, checkpoint_s=a.checkpoint_s, tb_dir=a.tb_dir, mem_budget=a.mem_budget)
 
 
 @cli

@@ -16,7 +16,7 @@ cached views; validation uses the clean view.
 import numpy as np
 
 from cache import CacheMismatch
-from classify.data import Feeds
+from classify.data import Feeds, fits
 from core import WorkflowError
 from extract import ensemble
 
@@ -64,9 +64,17 @@ def build_cached_model(model, trunk, unfreeze_from: str):
     return cached, names
 
 
+def hold_views(cache, layer, train_rows, val_rows, mem_budget) -> tuple:
+    """(whether the cached path holds its features and views in memory under MEM_BUDGET, the log line that says
+    which and why), as stage 2 decides for its features (classify.data.fits)."""
+    return fits(ViewFeeds.held_bytes(cache, layer, train_rows, val_rows), mem_budget, "cached fine-tuning data")
+
+
 class ViewFeeds(Feeds):
-    """classify.data.Feeds (chunk-aligned, streamed, the same order per seed and epoch) over `layer`, where each
-    epoch every train row reads one view drawn uniformly from {clean, its K cached views}; val rows read clean."""
+    """classify.data.Feeds (chunk-aligned, the same order per seed and epoch) over `layer`, where each epoch every
+    train row reads one view drawn uniformly from {clean, its K cached views}; val rows read clean. In memory
+    (`in_memory`, see `held_bytes`), the clean rows and every view are read once; streamed, each window is read
+    from the cache. Either way the batches are the same, so MEM_BUDGET decides speed and memory, never the weights."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -74,6 +82,21 @@ class ViewFeeds(Feeds):
         self.is_train = np.zeros(len(self.cache), bool)
         self.is_train[self.train_rows] = True
         self._draws = (None, None)
+        if self.in_memory:  # views[v, view_pos[row]] is view v of train row `row`
+            tr = np.sort(self.train_rows)
+            self._view_pos = np.full(len(self.cache), -1, np.int64)
+            self._view_pos[tr] = np.arange(len(tr))
+            self._views = np.empty((self.k, len(tr)) + self.shape, np.float32)
+            for v in range(self.k):
+                self._views[v] = self.cache.read_views(tr, v, self.layer)
+
+    @staticmethod
+    def held_bytes(cache, layer, train_rows, val_rows) -> int:
+        """Bytes held in memory: every labelled row's clean features and the K views of each train row."""
+        from classify.data import held_bytes
+
+        return (held_bytes(cache, np.concatenate([train_rows, val_rows]), layer)
+                + cache.n_views(layer) * held_bytes(cache, train_rows, layer))
 
     def draws(self, epoch: int) -> np.ndarray:
         """Per row: 0 = the clean features, v >= 1 = cached view v - 1. Depends only on (seed, epoch): resumable."""
@@ -87,10 +110,11 @@ class ViewFeeds(Feeds):
         d = self.draws(self.epoch)[rows]
         aug = d > 0
         if not aug.any():
-            return self.cache.read(rows, self.layer)
+            return super().read(rows)
         x = np.empty((len(rows),) + self.shape, np.float32)
-        x[~aug] = self.cache.read(rows[~aug], self.layer)
-        x[aug] = self.cache.read_views(rows[aug], d[aug] - 1, self.layer)
+        x[~aug] = super().read(rows[~aug])
+        x[aug] = (self._views[d[aug] - 1, self._view_pos[rows[aug]]] if self.in_memory
+                  else self.cache.read_views(rows[aug], d[aug] - 1, self.layer))
         return x
 
 
@@ -98,6 +122,7 @@ class CachedPath:
     """The cached path's part in finetune/run.py's skeleton."""
 
     name = "cached"
+    data_note = None  # set by `datasets`: in memory or streamed under MEM_BUDGET, and why
 
     def check_cache(self, cache, unfreeze_from):
         if ensemble.is_ensemble(cache.config):
@@ -133,14 +158,16 @@ class CachedPath:
         return build_cached_model(tm, tt, unfreeze_from)
 
     def datasets(self, cache, s, tr, va, replicas):
+        in_memory, self.data_note = hold_views(cache, s.unfreeze_from, tr, va, s.mem_budget)
+        print(self.data_note)
         # Stage 3's batch rule (finetune/train.py): whole training batches; validation too on several replicas.
-        feeds = ViewFeeds(cache, s.unfreeze_from, tr, va, s.batch, s.seed, 1.0, False, pad_last=True)
+        feeds = ViewFeeds(cache, s.unfreeze_from, tr, va, s.batch, s.seed, 1.0, in_memory, pad_last=True)
         self.feeds = feeds
         return feeds.train(), feeds.val(pad=replicas > 1), feeds
 
     def describe(self, s, cache, tr) -> str:
         return (f"on {len(tr)} images x (clean + {self.feeds.k} cached views) of {s.unfreeze_from} {self.feeds.shape}, "
-                f"streamed from {cache.path}")
+                f"{self.feeds.source} ({cache.path})")
 
     def evaluate(self, model, trunk, cache, s, va, reference=None):
         """(val labels, P after training, extra metrics) of the exported `model` (one device, its precision).

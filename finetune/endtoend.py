@@ -17,6 +17,7 @@ class EndToEndPath:
     """The end-to-end path's part in finetune/run.py's skeleton."""
 
     name = "end-to-end"
+    data_note = None  # the images are decoded every epoch: MEM_BUDGET does not apply
 
     def check_cache(self, cache, unfreeze_from):
         pass

@@ -52,6 +52,7 @@ class Settings:
     xla: bool = False
     from_cache: bool = False
     precision: str = "auto"  # auto | float32 | bfloat16 (core/precision.py); MIXED_PRECISION on a GPU wins over it
+    mem_budget: str = "auto"  # MEM_BUDGET (FROM_CACHE=1): hold the cached features and views in memory if they fit
     checkpoint_s: float = DEFAULT_CHECKPOINT_S  # CHECKPOINT_S: commit MODEL_DIR/_work/ at most this often
     tb_dir: str = ""  # TB_DIR: TensorBoard logs in TB_DIR/finetune (core/tblogs.py); empty: none
 
@@ -73,6 +74,7 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
     return {**run, "run_fingerprint": fingerprint(run), "cut_layer": head.layer,
             "mixed_precision_flag": s.mixed_precision, "precision": export_in, "training_precision": train_in,
             "cache_precision": cache.precision, **precision.record(s.precision), "checkpoint_s": s.checkpoint_s,
+            "mem_budget": s.mem_budget,
             "tb_dir": os.path.abspath(s.tb_dir) if s.tb_dir else None,
             "gpus": gpus, "replicas": replicas,
             "global_batch": s.batch, "per_replica_batch": s.batch // replicas,
@@ -136,6 +138,7 @@ def _run(s: Settings, cache, path) -> int:
 
     tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
     ds_train, ds_val, feeds = path.datasets(cache, s, tr, va, replicas)
+    cfg["data_note"] = path.data_note  # the cached path: in memory or streamed, and why (not in the fingerprint)
     print(f"{path.name} fine-tuning {len(names) - 1} layers from {s.unfreeze_from!r} + head "
           f"({sum(int(v.numpy().size) for v in trained.trainable_weights):,} parameters) {path.describe(s, cache, tr)}, "
           f"{train_in} compute, XLA {'on' if cfg['xla'] else 'off'}, "

@@ -47,6 +47,9 @@ def compile_for_finetuning(model, lr: float, xla: bool, classes: int = 2):
     from classify.head import loss_name
     from core.optimizer import adam
 
+    from .gradients import input_gradient
+
+    input_gradient(model)  # the head's input gradient without a transposed copy of its kernel (finetune/gradients.py)
     # Keras' AUC metric reads one probability per row: the binary model's; K > 2 records its macro AUC after training
     auc = [keras.metrics.AUC(name="auc")] if classes == 2 else []
     model.compile(optimizer=adam(lr), loss=loss_name(classes), metrics=["accuracy", *auc],

@@ -202,6 +202,28 @@ def test_each_epoch_draws_one_view_per_train_image(built):
     np.testing.assert_array_equal(feeds.read(va), cache.read(va, "mixed6"))  # validation: the clean view
 
 
+@pytest.mark.slow
+def test_view_feeds_give_the_same_batches_in_memory_and_streamed(built):
+    """MEM_BUDGET decides where the views are read from, never what the batches hold: two epochs of train batches
+    (padded, as CachedPath builds them) and the val batches, bit for bit."""
+    from finetune.cached import ViewFeeds, hold_views
+
+    *_, cache = built
+    tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
+    held, streamed = (ViewFeeds(cache, "mixed6", tr, va, 16, 3, 1.0, m, pad_last=True) for m in (True, False))
+    assert (held.source, streamed.source) == ("in memory", "streamed")
+    for epoch in (0, 1):
+        held.epoch = streamed.epoch = epoch
+        assert (held.draws(epoch)[tr] > 0).sum() > len(tr) // 2  # most train rows read a view
+        for a, b in zip(list(held.train()) + list(held.val()), list(streamed.train()) + list(streamed.val()),
+                        strict=True):
+            for u, v in zip(a, b, strict=True):
+                np.testing.assert_array_equal(u.numpy(), v.numpy())
+    need = ViewFeeds.held_bytes(cache, "mixed6", tr, va)
+    assert need == 4 * int(np.prod(cache.feature_shape("mixed6"))) * (len(tr) * (K + 1) + len(va))
+    assert hold_views(cache, "mixed6", tr, va, str(need))[0] and not hold_views(cache, "mixed6", tr, va, str(need - 1))[0]
+
+
 # -- equivalence -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_cached_model_is_the_full_models_own_block_and_head(built):
@@ -340,6 +362,27 @@ def test_cached_finetune_writes_the_model_that_predict_loads(views_cache, head_d
     rec = export_model(str(model_dir / "model.keras"), "savedmodel", tmp_path / "export")
     assert rec["proof"]["passed"] and rec["proof"]["max_abs_diff"] <= 1e-4 and rec["proof"]["n"] > 0
     assert rec["temperature"] == m["calibration"]["temperature"] and rec["class_names"] == ["cat", "dog"]
+
+
+@pytest.mark.slow
+def test_cached_finetune_gives_the_same_weights_in_memory_and_streamed(views_cache, head_dir, train_dir, tmp_path,
+                                                                       capsys):
+    """make finetune FROM_CACHE=1 with MEM_BUDGET=auto (in memory here) and MEM_BUDGET=0 (streamed): one model."""
+    from finetune.record import load_model
+    from finetune.run import finetune
+
+    weights, notes = [], []
+    for budget in ("auto", "0"):
+        model_dir = tmp_path / f"ft-{budget}"
+        assert finetune(ft_settings(train_dir, views_cache, head_dir, model_dir, epochs=1, lr=1e-3,
+                                    mem_budget=budget)) == 0
+        weights.append(load_model(str(model_dir / "model.keras"))[0].get_weights())
+        notes.append(json.loads((model_dir / "metrics.json").read_text())["config"]["data_note"])
+    assert notes[0].startswith("cached fine-tuning data:") and notes[0].endswith("-> in memory"), notes[0]
+    assert notes[1].endswith("-> streamed in chunk-aligned windows"), notes[1]
+    assert notes[0] in capsys.readouterr().out
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
