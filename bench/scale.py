@@ -437,8 +437,8 @@ def roofline(res, s) -> dict:
         "images": sb["n_images"], "end_to_end_epoch_s": sb["end_to_end_epoch_s"], "cached_epoch_s": sb["cached_epoch_s"],
         "speedup": sb["cached_finetune_speedup"], "flop_ceiling": sb["flop_ceiling"],
         "fraction_of_ceiling": sb["cached_finetune_speedup"] / sb["flop_ceiling"],
-        "note": "bench/finetuning.py on the small bench's set: float32, AUG_VIEWS=2, XLA=0, median of 2 epochs after "
-                "the first"}
+        "note": f"bench/finetuning.py on the small bench's set: float32, AUG_VIEWS=2, XLA=0, median of "
+                f"{REPEATS_SMALL} epochs after the first; {sb['cached_data']}"}
     out["cached_finetune_small_bench"] = stage(sb["gflops_per_example"]["cached"], sb["trained_weights"], sb["batch"],
                                                sb["n_train"], sb["n_val"], sb["cached_epoch_s"])
     return out
