@@ -54,8 +54,6 @@ def cached_finetune_speedup(work_dir, n_images: int, img_size: int, batch: int, 
     streams them as `make finetune MEM_BUDGET=mem_budget` would (`cached_data`). Leaves `work_dir` in place (main
     removes the whole scratch folder).
     """
-    from finetune import model as fm
-
     root, path = os.path.join(work_dir, "images"), os.path.join(work_dir, "features-mixed6.h5")
     repeats = max(1, int(repeats))  # epoch 0 (tracing) is never timed: at least one more
     make_dataset(root, n=n_images, layout="kaggle", size=(320, 420), seed=0, junk=False)  # ~350x400, as Kaggle's
@@ -99,7 +97,7 @@ def _models(cache, precision: str):
 
 def _fit_both_paths(cache, root, tr, va, img_size, batch, repeats, xla, precision, in_memory) -> dict:
     """Epoch seconds of both paths at one precision, their GFLOPs per image and trained weights."""
-    from finetune import model as fm, train
+    from finetune import train
     from finetune.cached import ViewFeeds
 
     model, cached = _models(cache, precision)

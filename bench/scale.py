@@ -46,7 +46,8 @@ FEATURE_LAYER = RECIPE.feature_layer
 LAYERS = (FEATURE_LAYER, RECIPE.cached_cut)  # the head's layer (the cache's `features`), then cached fine-tuning's
 JPEG_BYTES = 40_000  # room per generated ~350x400 JPEG, for the space check
 # Timed epochs of each path in the small bench's end-to-end against cached comparison, after the tracing one: its
-# cached epoch takes about 1.5 s on 2 cores, where one slow epoch moved a median of two by a tenth
+# cached epochs take 1.6-1.8 s on 2 cores, and one slow epoch (2.2 s in the run kept) would move a median of two by
+# a sixth
 REPEATS_SMALL = 4
 
 
