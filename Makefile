@@ -84,7 +84,7 @@ FORMAT ?= savedmodel
 EXPORT_DIR ?= artifacts/export
 QUANTIZE ?= none
 BENCH_N ?= 600
-# SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; 42 min on 2 cores, ~17 GB of scratch, not in CI)
+# SCALE_N=25000: `make bench` runs the Kaggle-size run instead (bench/scale.py; about 40 min on 2 cores, ~17 GB of scratch, not in CI)
 SCALE_N ?=
 # --- report -------------------------------------------------------------------------------------------------
 REPORT_DIR ?= artifacts/report

@@ -5,7 +5,7 @@ Reads nothing (it generates its own JPEGs). Writes artifacts/bench_scale.json an
 folder (--work: ~17 GB at 25,000 images and 150 px) is deleted at the end, on failure too.
 Example: python -m bench --scale-n 25000 --img-size 150
 
-Not in CI: 42 min on 2 cores (docs/bench_scale.json). The parts, each in its own process (its peak RSS is its
+Not in CI: about 40 min on 2 cores (docs/bench_scale.json). The parts, each in its own process (its peak RSS is its
 own), WEIGHTS=none (speed does not depend on the weights' values):
 - images: N generated ~350x400 JPEGs (Kaggle's sizes), and --small of them apart, the small bench's set;
 - extraction: `make features LAYERS=<feature layer>,<cached cut>` of both sets in float32, then of the N images in

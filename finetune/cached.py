@@ -16,7 +16,7 @@ cached views; validation uses the clean view.
 import numpy as np
 
 from cache import CacheMismatch
-from classify.data import Feeds, fits
+from classify.data import Feeds, fits, held_bytes
 from core import WorkflowError
 from extract import ensemble
 
@@ -93,8 +93,6 @@ class ViewFeeds(Feeds):
     @staticmethod
     def held_bytes(cache, layer, train_rows, val_rows) -> int:
         """Bytes held in memory: every labelled row's clean features and the K views of each train row."""
-        from classify.data import held_bytes
-
         return (held_bytes(cache, np.concatenate([train_rows, val_rows]), layer)
                 + cache.n_views(layer) * held_bytes(cache, train_rows, layer))
 
