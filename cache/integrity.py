@@ -86,10 +86,46 @@ def check_attrs(f, path, fix="make features"):
 def is_damage(e: BaseException) -> bool:
     """True for what h5py raises on a checksum mismatch or damaged structure (OSError, KeyError, RuntimeError).
 
-    A missing or unreadable file (FileNotFoundError, PermissionError) is not damage: its own message is clearer.
+    A missing or unreadable file (FileNotFoundError, PermissionError, a folder in its place) is not damage: its own
+    message is clearer.
     """
-    return isinstance(e, (OSError, KeyError, RuntimeError)) and not isinstance(e, (FileNotFoundError,
-                                                                                 PermissionError))
+    return isinstance(e, (OSError, KeyError, RuntimeError)) and not isinstance(
+        e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+
+
+def torn_chunks(ds, lo: int, hi: int) -> list:
+    """Origins (sorted by row) of `ds`'s chunks that overlap rows [lo, hi) and fail their checksum when read."""
+    import itertools
+
+    chunks, shape = ds.chunks, ds.shape
+    hi = min(int(hi), shape[0])
+    first = max(int(lo), 0) // chunks[0] * chunks[0]
+    grid = [range(first, hi, chunks[0])] + [range(0, n, c) for n, c in zip(shape[1:], chunks[1:])]
+    bad = []
+    for origin in itertools.product(*grid):
+        try:
+            ds[tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape))]
+        except (OSError, KeyError, RuntimeError) as e:
+            if not is_damage(e):
+                raise
+            bad.append(origin)
+    return bad
+
+
+def write_empty_chunk(ds, origin):
+    """Replace the chunk of `ds` at `origin` by an all-zero one with valid checksums, without reading it.
+
+    HDF5 reads a chunk before writing part of it, and an edge chunk even when it is written whole; a direct chunk
+    write never reads. Its bytes come from HDF5 itself: a chunk of zeros written through the same filters (the
+    same creation properties) in a file held in memory.
+    """
+    import h5py
+
+    with h5py.File("empty-chunk", "w", driver="core", backing_store=False) as mem:
+        scratch = mem.create_dataset("c", shape=ds.chunks, dtype=ds.dtype, dcpl=ds.id.get_create_plist())
+        scratch[...] = np.zeros(ds.chunks, ds.dtype)
+        mask, raw = scratch.id.read_direct_chunk((0,) * len(ds.chunks))
+    ds.id.write_direct_chunk(tuple(int(o) for o in origin), raw, mask)
 
 
 @contextlib.contextmanager

@@ -5,8 +5,18 @@ Example: python -m extract --data data/demo/train --features artifacts/features.
 
 Crash safety: every dataset touched while extracting is allocated up front (early allocation, never filled), so a
 commit is raw in-place writes, a flush, then the two counters (`rows_committed`, `inputs_committed`) and another
-flush. A SIGKILL loses at most the uncommitted batch; the file is renamed to `<path>` only when finalised, so no
-reader ever sees a half-written cache as complete.
+flush. The file is renamed to `<path>` only when finalised, so no reader ever sees a half-written cache as complete.
+
+Torn chunks: a commit that ends mid-chunk is followed by one that rewrites the rest of that chunk, committed rows
+included. A SIGKILL during that write can leave the chunk half old, half new, failing its Fletcher32 checksum, and
+HDF5 must read a chunk before it writes part of it. So `start` verifies, before resuming, every chunk that the
+commit in flight could have written (from the committed counters up to the largest commit, `commit_rows`), and
+rolls a torn one back: the counters move back to its first row, its bytes are replaced by a valid empty chunk, and
+those rows are extracted again. A kill costs at most the batch in flight plus one chunk of rows. Rolling back was
+chosen over committing whole chunks only: chunk boundaries differ per layer and views are indexed by train row, so
+no commit point aligns them all, and verifying a few chunks once per resume costs nothing while extracting.
+A partial whose structure is damaged (superblock, object headers, chunk index) is set aside as
+`<path>.partial.damaged` and the run starts over.
 
 Augmented views (`make features AUG_VIEWS=K`, extract/views.py) go to `views/<layer>`, (n_train, K, h, w, c): one
 entry per train row, in row order, allocated, committed and compacted with the rows themselves.
@@ -21,8 +31,8 @@ import numpy as np
 
 from .format import FORMAT, REASON_BYTES, SPLIT_TRAIN, WriteSummary, chunk_rows_for, fingerprint, partial_path, \
     write_attrs
-from .integrity import (LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, inputs_table, seal_attrs,
-                        small_dataset)
+from .integrity import (LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, inputs_table, is_damage,
+                        seal_attrs, small_dataset, torn_chunks, write_empty_chunk)
 
 def _early_dcpl():
     # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
@@ -57,28 +67,83 @@ class CacheWriter:
         self.n_views = int(n_views) if self.view_shapes else 0
         self.views_done = 0  # view entries committed: the train rows among the committed rows
         self.f = None
+        self.note, self.resumed = "", False  # what `start` repaired or set aside, in words; whether it resumed
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> int:
-        """Open the partial file if it belongs to this configuration, else start afresh; return the resume input index."""
+        """Open the partial file if it belongs to this configuration, else start afresh; return the resume input index.
+
+        `note` then says, in words, anything the resume had to repair or set aside ('' when nothing).
+        """
+        self.note, self.resumed = "", False
         if os.path.exists(self.tmp):
-            clear_write_flags(self.tmp)  # left set by a killed writer; the caller holds the output lock
             try:
-                f = h5py.File(self.tmp, "r+", libver=LIBVER)
+                clear_write_flags(self.tmp)  # left set by a killed writer; the caller holds the output lock
+                self.f = h5py.File(self.tmp, "r+", libver=LIBVER)
                 # `_progress` goes during finalize: a partial without it was killed there, and is redone whole.
-                if (f.attrs.get("fingerprint") == self.fp and f.attrs.get("format") == FORMAT and "_progress" in f
-                        and "inputs_committed" in f.attrs):
-                    self.f = f
-                    if self.view_shapes and "_progress" in f:  # derived, not stored: no third counter to commit
-                        done = f["_progress/row_input"][:int(f.attrs["rows_committed"])]
-                        self.views_done = int((self.split[done] == SPLIT_TRAIN).sum())
-                    return int(f.attrs["inputs_committed"])
-                f.close()
-            except OSError:
-                pass  # unreadable partial (killed while finalising): start over, nothing committed is lost
-            os.remove(self.tmp)
+                a = self.f.attrs
+                if (a.get("fingerprint") == self.fp and a.get("format") == FORMAT and "_progress" in self.f
+                        and "inputs_committed" in a):
+                    self.resumed = True
+                    return self._resume()
+                self.close()
+                os.remove(self.tmp)  # another configuration's partial: nothing of it is this run's
+            except Exception as e:  # noqa: BLE001 (damage is handled here; anything else is re-raised)
+                if not is_damage(e):
+                    raise
+                self.close()
+                self.resumed = False
+                os.replace(self.tmp, damaged_path(self.path))
+                self.note = (f"{self.tmp} was damaged beyond resume ({str(e).splitlines()[0][:80]}); set aside as "
+                             f"{damaged_path(self.path)}, starting over")
         self._create()
         return 0
+
+    def _resume(self) -> int:
+        """Roll back any chunk the last kill tore (module docstring); return the input index to resume from."""
+        f = self.f
+        r0, i0 = int(f.attrs["rows_committed"]), int(f.attrs["inputs_committed"])
+        span = int(f.attrs.get("commit_rows", len(self.paths)))  # a partial from before the attribute: check all
+        row_input, reason = f["_progress/row_input"], f["_progress/reason"]
+        # _progress first: the rows before its first torn chunk still map rows to inputs. It is small (bytes a row),
+        # so it is checked to the end: the in-flight commit wrote rows from r0 on, reasons for inputs from i0 on.
+        cut, torn = r0, []
+        for ds, lo in ((row_input, r0), (reason, i0)):
+            bad = torn_chunks(ds, lo, ds.shape[0])
+            torn += [(ds, o) for o in bad]
+            if bad and ds is row_input:
+                cut = bad[0][0]
+            elif bad:  # inputs from the torn chunk on are redone, and with them the rows that hold them
+                cut = min(cut, int(np.searchsorted(row_input[:cut], bad[0][0])))
+        rows = row_input[:cut] if cut else np.zeros(0, np.int64)
+        for name in self.layer_shapes:
+            ds = f[f"layers/{name}"]
+            bad = torn_chunks(ds, cut, r0 + span)
+            torn += [(ds, o) for o in bad]
+            cut = min([cut] + [o[0] for o in bad])
+        train_rows = np.flatnonzero(self.split[rows] == SPLIT_TRAIN)
+        v0 = len(train_rows)
+        for name in self.view_shapes:  # views/<layer> holds train rows only: entry e is row train_rows[e]
+            ds = f[f"views/{name}"]
+            bad = torn_chunks(ds, v0, v0 + (r0 - len(rows)) + span)
+            torn += [(ds, o) for o in bad]
+            cut = min([cut] + [int(train_rows[o[0]]) for o in bad if o[0] < v0])
+        if cut < r0:
+            # Counters first, and the verified span widened to the old one's end: a kill before the repairs below
+            # are flushed leaves every torn chunk inside the next resume's window (repairs first would hide them).
+            f.attrs["commit_rows"] = span + (r0 - cut)
+            f.attrs["rows_committed"] = cut
+            f.attrs["inputs_committed"] = i0 = int(rows[cut - 1]) + 1 if cut else 0
+            f.flush()
+            self.note = f"rows {cut}-{r0 - 1} rewritten: a chunk was torn by the last kill"
+        elif torn:
+            self.note = "a chunk past the committed rows was torn by the last kill, and is rewritten"
+        for ds, origin in torn:  # whole-chunk writes: valid checksummed bytes, never a read of the torn ones
+            write_empty_chunk(ds, origin)
+        f.flush()
+        if self.view_shapes:  # derived, not stored: no third counter to commit
+            self.views_done = int((train_rows < cut).sum())
+        return i0
 
     def _create(self):
         os.makedirs(os.path.dirname(os.path.abspath(self.tmp)), exist_ok=True)
@@ -101,11 +166,12 @@ class CacheWriter:
                                   dtype=self.dtype, dcpl=_early_dcpl())
             ds.attrs["rows"] = "train rows only, in row order; FeatureCache.view_rows maps a row to its entry"
         self.views_done = 0
+        # Chunked as finely as the finest layer (Fletcher32 needs chunks): a torn one costs no more rows than a layer's.
+        rows = min([max(n, 1)] + [chunk_rows_for(shape, self.dtype) for shape in self.layer_shapes.values()])
         g = f.create_group("_progress")
-        g.create_dataset("row_input", shape=(max(n, 1),), dtype=np.int64, chunks=(min(max(n, 1), 1 << 16),),
-                         dcpl=_early_dcpl())  # chunked: Fletcher32 needs chunks
-        g.create_dataset("reason", shape=(max(n, 1),), dtype=f"S{REASON_BYTES}", chunks=(min(max(n, 1), 4096),),
-                         dcpl=_early_dcpl())
+        g.create_dataset("row_input", shape=(max(n, 1),), dtype=np.int64, chunks=(rows,), dcpl=_early_dcpl())
+        g.create_dataset("reason", shape=(max(n, 1),), dtype=f"S{REASON_BYTES}", chunks=(rows,), dcpl=_early_dcpl())
+        f.attrs["commit_rows"] = 0  # the largest commit so far: how far past the counters a resume must verify
         f.flush()
         self.f = f
 
@@ -119,6 +185,9 @@ class CacheWriter:
         k = len(input_idx)
         n_train = int((self.split[np.asarray(input_idx, np.int64)] == SPLIT_TRAIN).sum()) if k else 0
         assert bool(self.view_shapes) == (views is not None), "views must come with every commit, and only then"
+        if k > int(f.attrs.get("commit_rows", 0)):  # durable before the data: how far past the counters to verify
+            f.attrs["commit_rows"] = k
+            f.flush()
         if k:
             for name, arr in feats.items():
                 f[f"layers/{name}"][r0:r0 + k] = np.asarray(arr, self.dtype)
@@ -137,16 +206,23 @@ class CacheWriter:
         f.flush()
         self.views_done += n_train if self.view_shapes else 0
 
-    def finalize(self) -> WriteSummary:
-        """Compact the per-row datasets, mark complete and rename into place atomically."""
+    def finalize(self, reasons=None) -> WriteSummary:
+        """Compact the per-row datasets, mark complete and rename into place atomically.
+
+        `reasons` ({input index: reason}) skips inputs that were never committed as rows without writing their reason
+        into `_progress` (EXCLUDE: known before the run, and spread over every input, so writing them there would put
+        committed rows' chunks in play again).
+        """
         f = self.f
         n_rows = int(f.attrs["rows_committed"])
         assert int(f.attrs["inputs_committed"]) == len(self.paths), "finalize before all inputs were committed"
         rows = f["_progress/row_input"][:n_rows] if n_rows else np.zeros(0, np.int64)
         done = np.zeros(len(self.paths), bool)
         done[rows] = True
-        reasons = f["_progress/reason"][:len(self.paths)] if self.paths else []
-        skipped = [(self.paths[i], reasons[i].decode("utf-8", "replace")) for i in np.flatnonzero(~done)]
+        recorded = f["_progress/reason"][:len(self.paths)] if self.paths else []
+        given = reasons or {}
+        skipped = [(self.paths[i], given[i] if i in given else recorded[i].decode("utf-8", "replace"))
+                   for i in np.flatnonzero(~done)]
         for name in ("features", "labels", "paths", "split", "skipped", "inputs"):
             if name in f:  # a previous finalise was killed half-way: redo it
                 del f[name]
@@ -181,6 +257,11 @@ class CacheWriter:
             except OSError:  # after a failed write (a full disk): what was not flushed was not committed either
                 pass
             self.f = None
+
+
+def damaged_path(path) -> str:
+    """Where a partial that cannot be resumed is set aside (kept for inspection, never read again)."""
+    return f"{partial_path(path)}.damaged"
 
 
 class BackgroundCommits:

@@ -38,9 +38,14 @@ def read_history(path) -> list:
     """history.csv as one {epoch: int, metric: float} per epoch, in epoch order (a repeated epoch: the last wins)."""
     if not os.path.exists(path):
         return []
+    rows = {}
     with open(path, newline="") as f:
-        rows = {int(r["epoch"]): {k: int(v) if k == "epoch" else float(v) for k, v in r.items()}
-                for r in csv.DictReader(f) if r.get("epoch", "").isdigit()}
+        for r in csv.DictReader(f):
+            try:
+                row = {k: int(v) if k == "epoch" else float(v) for k, v in r.items()}
+            except (TypeError, ValueError):  # a row cut short by a kill mid-append: past the commit, so rerun
+                continue
+            rows[row["epoch"]] = row
     return [rows[e] for e in sorted(rows)]
 
 

@@ -66,9 +66,10 @@ def reason(file) -> str:
     return f"excluded by {file}"
 
 
-def commit_excluded(writer, excluded, file):
-    """Record the excluded inputs as skipped and mark every input done (the last ones may be excluded)."""
+def commit_excluded(writer, excluded, file) -> dict:
+    """Mark every input done (the last ones may be excluded); return the excluded inputs' skip reasons, which
+    `writer.finalize` takes (they are known up front, so no commit writes them)."""
     views = ({name: np.zeros((0, writer.n_views) + shape, writer.dtype) for name, shape in writer.view_shapes.items()}
              if writer.view_shapes else None)
-    writer.commit(np.zeros(0, np.int64), {}, [(int(i), reason(file)) for i in excluded], len(writer.paths),
-                  views=views)
+    writer.commit(np.zeros(0, np.int64), {}, [], len(writer.paths), views=views)
+    return {int(i): reason(file) for i in excluded}

@@ -16,6 +16,7 @@ import numpy as np
 
 from cache import (SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
                    stale_reason)
+from cache.writer import damaged_path
 from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
@@ -239,6 +240,23 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_e
     return n_done, n_skip, time.perf_counter() - t0
 
 
+def resume_line(features, writer, start: int, n: int) -> str:
+    """What `writer.start` found, as one line ('' for a fresh start with nothing to say)."""
+    if writer.resumed and (start or writer.note):
+        return f"{features}: resuming at input {start}/{n}" + (f" ({writer.note})" if writer.note else "")
+    return f"{features}: {writer.note}" if writer.note else ""
+
+
+def set_aside_if_torn(e: OSError, features):
+    """A checksum failure while writing (a chunk torn outside what a resume verifies; not seen so far): set the
+    partial aside and say to rerun, rather than leave a partial that every rerun fails on."""
+    if "filter returned failure" not in str(e):
+        return
+    os.replace(partial_path(features), damaged_path(features))
+    raise WorkflowError(f"{partial_path(features)}: damaged while writing ({str(e).splitlines()[0][:80]}); set aside "
+                        f"as {damaged_path(features)}; rerun the same command to start over") from None
+
+
 def write_skipped(features, skipped) -> str:
     """`<FEATURES stem>.skipped.txt`: one `path<TAB>reason` line per skipped file; returns its path."""
     path = os.path.splitext(str(features))[0] + ".skipped.txt"
@@ -289,15 +307,16 @@ def extract_features(plan: Plan) -> int:
     space.check_space(s.features, needed - (os.path.getsize(tmp) if os.path.exists(tmp) else 0), "FEATURES")
     try:
         start = writer.start()
-        if start:
-            print(f"{s.features}: resuming at input {start}/{len(imgs.paths)}")
+        if line := resume_line(s.features, writer, start, len(imgs.paths)):
+            print(line)
         n_done, n_skip, dt = run_extraction(make_forward(model), layers, imgs, writer, start,
                                             plan.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
-        if len(excluded):
-            exclude.commit_excluded(writer, excluded, s.exclude)
-        summary = writer.finalize()
+        reasons = exclude.commit_excluded(writer, excluded, s.exclude) if len(excluded) else None
+        summary = writer.finalize(reasons)
     except OSError as e:  # a full disk mid-run: one line, the partial kept for the rerun
         space.raise_if_full(e, s.features, kept=tmp)
+        writer.close()
+        set_aside_if_torn(e, s.features)
         raise
     finally:
         writer.close()

@@ -33,9 +33,8 @@ from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
 from extract import backbone, backbones, images, verify
-from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, run_extraction,
-                              split_of,
-                              write_skipped)
+from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, resume_line,
+                              run_extraction, split_of, write_skipped)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = "make features ENGINE=ray"
@@ -291,6 +290,8 @@ class ShardWorker:
                              j["dtype"], self.provenance)
         try:
             start, cpu0 = writer.start(), time.process_time()
+            if line := resume_line(s["file"], writer, start, len(imgs.paths)):
+                print(line)  # Ray forwards a worker's output to the driver's terminal
             n_done, n_skip, dt = run_extraction(self.forward, j["layers"], imgs, writer, start, j["img_size"],
                                                 j["batch"])
             t1, cpu = time.time(), time.process_time() - cpu0

@@ -121,3 +121,15 @@ def test_sigkill_between_commits_resumes_to_the_uninterrupted_weights(cache_path
     ha, hb = (json.loads((d / "metrics.json").read_text())["head"] for d in (tmp_path / "whole", head_dir))
     assert (ha["epochs"], ha["best_epoch"], ha["val_log_loss"]) == (hb["epochs"], hb["best_epoch"], hb["val_log_loss"])
     assert not os.path.exists(head_dir / "_work")
+
+
+def test_a_history_row_cut_short_by_a_kill_is_dropped_and_the_rows_before_it_kept(tmp_path):
+    """CSVLogger appends history.csv in place: a kill mid-append leaves a short last row, past the last commit."""
+    from core.runs import read_history
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\n0,0.7,0.69\n1,0.5,0.52\n2,0.4")
+    assert read_history(path) == [{"epoch": 0, "loss": 0.7, "val_loss": 0.69},
+                                  {"epoch": 1, "loss": 0.5, "val_loss": 0.52}]
+    path.write_text("epoch,loss,val_loss\n0,0.7,0.69\n1,0.5,0.5")  # cut inside the last number: still a number
+    assert [r["epoch"] for r in read_history(path)] == [0, 1]
