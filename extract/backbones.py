@@ -45,13 +45,41 @@ class Backbone:
     unfreeze_from: str  # UNFREEZE_FROM when left empty: the first layer stage 3 trains
     cached_cut: str  # FROM_CACHE=1 reads this layer's cached output (and its views); "" where none works
     no_cut_reason: str  # why cached_cut is empty
-    notop_file: str  # the no-top weights file Keras downloads into ~/.keras/models
+    notop_file: str  # the no-top weights file Keras downloads into ~/.keras/models; "{size}" where it has one per size
     notop_hash: str  # Keras' published hash of it (md5: 32 hex, sha256: 64 hex); "" where Keras publishes none
     url_dir: str  # under KERAS_URL; ends in "/" where the file there has notop_file's name, else names it
+    args: tuple = ()  # keyword arguments of the constructor, as (name, value) pairs: (("alpha", 0.35),)
+    weight_sizes: tuple = ()  # the sizes Keras publishes a file for, where notop_file has "{size}"
+    depthwise: bool = False  # depthwise convolutions carry its compute: bf16 inference does not pay (PRECISION=auto)
+
+    def weights_file(self, img_size: int) -> str:
+        """The file Keras loads at `img_size`. Keras' rule (keras.applications.mobilenet, mobilenet_v2): the file of
+        that size where one is published, else the default size's (Keras warns and loads it)."""
+        if not self.weight_sizes:
+            return self.notop_file
+        return self.notop_file.format(size=img_size if img_size in self.weight_sizes else self.default_size)
+
+    def url(self, img_size: int) -> str:
+        if self.url_dir.endswith("/"):
+            return KERAS_URL + self.url_dir + self.weights_file(img_size)
+        return KERAS_URL + self.url_dir
 
     @property
-    def url(self) -> str:
-        return KERAS_URL + self.url_dir + (self.notop_file if self.url_dir.endswith("/") else "")
+    def files(self) -> tuple:
+        """Every file name Keras publishes for this entry (one per size where it has sizes)."""
+        return tuple(dict.fromkeys(self.weights_file(s) for s in self.weight_sizes or (self.default_size,)))
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.args)
+
+    @property
+    def identity(self) -> dict:
+        """What the cache records to name this entry: the constructor alone where it takes no arguments (as before
+        the registry had any), else also the entry's name and its arguments, so two widths never collide."""
+        if not self.args:
+            return {"backbone": self.constructor}
+        return {"backbone": self.constructor, "backbone_entry": self.name, "backbone_args": self.kwargs}
 
     @property
     def preprocessing_text(self) -> str:
@@ -60,9 +88,48 @@ class Backbone:
 
 
 def _entry(name, constructor, family, default_size, min_size, prep, feature_layer, unfreeze_from, cached_cut,
-           notop_file, notop_hash, url_dir, no_cut_reason=""):
+           notop_file, notop_hash, url_dir, no_cut_reason="", **more):
     return Backbone(name, constructor, family, default_size, min_size, prep, feature_layer, unfreeze_from,
-                    cached_cut, no_cut_reason, notop_file, notop_hash, url_dir)
+                    cached_cut, no_cut_reason, notop_file, notop_hash, url_dir, **more)
+
+
+# The MobileNet family, as Keras publishes its ImageNet weights (keras/src/applications/mobilenet*.py). Each entry is
+# one width; a width Keras publishes no weights for is not an entry (get() says which widths are).
+V1_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}  # Keras' alpha_text in the file name
+V1_SIZES = (128, 160, 192, 224)
+V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+V2_SIZES = (96, 128, 160, 192, 224)
+# v3: one 224-px file per variant, with Keras' hash; Keras loads it at any size (as v1/v2 off their sizes).
+V3_FILES = {("small", False): "d3e8ec802a04aa4fc771ee12a9a9b836",
+            ("large", False): "07fb09a5933dd0c8eaafa16978110389",
+            ("small", True): "cde8136e733e811080d9fcd8a252f7e4",
+            ("large", True): "ec5221f64a2f6d1ef965a614bdae7973"}
+
+
+def _v1(name, alpha):
+    # A plain chain of depthwise-separable blocks: conv_pw_12_relu alone feeds block 13, the last one.
+    return _entry(name, "MobileNet", "mobilenet", 224, 32, INCEPTION, "conv_pw_13_relu", "conv_pw_12_relu",
+                  "conv_pw_12_relu", f"mobilenet_{V1_ALPHAS[alpha]}_{{size}}_tf_no_top.h5", "", "mobilenet/",
+                  args=() if alpha == 1.0 else (("alpha", alpha),), weight_sizes=V1_SIZES, depthwise=True)
+
+
+def _v2(name, alpha):
+    # Keras publishes no hash for MobileNetV2's files.
+    return _entry(name, "MobileNetV2", "mobilenet_v2", 224, 32, INCEPTION, "out_relu", "block_15_add",
+                  "block_15_add", f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{{size}}_no_top.h5",
+                  "", "mobilenet_v2/", args=() if alpha == 1.0 else (("alpha", alpha),), weight_sizes=V2_SIZES,
+                  depthwise=True)
+
+
+def _v3(name, kind, minimalistic, feature_layer, last_add):
+    # Keras' include_preprocessing=True (its default) puts the x / 127.5 - 1 Rescaling inside the network: raw
+    # 0..255 in. The output's activation has no name (numbered in a fresh scope); the last block's input is the
+    # add before it, which alone feeds that block.
+    constructor = "MobileNetV3Small" if kind == "small" else "MobileNetV3Large"
+    file = f"weights_mobilenet_v3_{kind}{'_minimalistic' if minimalistic else ''}_224_1.0_float_no_top_v2.h5"
+    return _entry(name, constructor, "mobilenet_v3", 224, 32, SELF, feature_layer, last_add, last_add, file,
+                  V3_FILES[(kind, minimalistic)], "mobilenet_v3/",
+                  args=(("minimalistic", True),) if minimalistic else (), depthwise=True)
 
 
 # Cuts: `unfreeze_from` and `cached_cut` are weightless layers (an activation, add or concatenation) whose output
@@ -85,10 +152,7 @@ REGISTRY = {b.name: b for b in [
     _entry("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", 299, 75, INCEPTION, "conv_7b_ac",
            "block8_9_ac", "block8_9_ac", "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "d19885ff4a710c122648d3b5c3b684e4", "inception_resnet_v2/"),
-    # Keras publishes no hash for MobileNetV2's files; its 224-px file serves every size.
-    _entry("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224, 32, INCEPTION, "out_relu", "block_15_add",
-           "block_15_add", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", "",
-           "mobilenet_v2/"),
+    _v2("mobilenet_v2", 1.0),
     _entry("densenet121", "DenseNet121", "densenet", 224, 32, TORCH, "relu", "conv5_block15_concat",
            "conv5_block15_concat", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
            "30ee3e1110167f948a6b9946edeeb738", "densenet/"),
@@ -112,19 +176,52 @@ REGISTRY = {b.name: b for b in [
            "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1", "convnext/",
            no_cut_reason="its residual sums are operations, not layers, so no layer's output alone feeds the blocks "
                          "after it"),
+    # The MobileNet family: the laptop backbones (a few MFLOPs to 0.6 GFLOPs per image at 224 px).
+    _v1("mobilenet_025", 0.25), _v1("mobilenet_050", 0.5), _v1("mobilenet_075", 0.75), _v1("mobilenet", 1.0),
+    _v2("mobilenet_v2_035", 0.35), _v2("mobilenet_v2_050", 0.5), _v2("mobilenet_v2_075", 0.75),
+    _v2("mobilenet_v2_130", 1.3), _v2("mobilenet_v2_140", 1.4),
+    _v3("mobilenet_v3_small", "small", False, "activation_17", "expanded_conv_9_add"),
+    _v3("mobilenet_v3_large", "large", False, "activation_19", "expanded_conv_13_add"),
+    _v3("mobilenet_v3_small_minimalistic", "small", True, "re_lu_22", "expanded_conv_9_add"),
+    _v3("mobilenet_v3_large_minimalistic", "large", True, "re_lu_30", "expanded_conv_13_add"),
 ]}
 DEFAULT = "inception_v3"
 
 
 def get(name: str) -> Backbone:
-    """The entry for BACKBONE=`name`, or for a cache's recorded constructor name (`InceptionV3`)."""
+    """The entry for BACKBONE=`name`, or for a cache's recorded constructor name (`InceptionV3`): the entry that calls
+    it without arguments (a cache of an entry with arguments also records its name: see `of_record`)."""
     if name in REGISTRY:
         return REGISTRY[name]
     for b in REGISTRY.values():
-        if b.constructor == name:
+        if b.constructor == name and not b.args:
             return b
-    raise WorkflowError(f"BACKBONE={name}: not registered; choose one of {', '.join(REGISTRY)} "
-                        f"(extract/backbones.py; adding one is one entry there)")
+    raise WorkflowError(f"BACKBONE={name}: {_unpublished(name) or 'not registered'}; choose one of "
+                        f"{', '.join(REGISTRY)} (extract/backbones.py; adding one is one entry there)")
+
+
+def _unpublished(name: str) -> str:
+    """Why a MobileNet width that is not an entry has none: Keras publishes no ImageNet weights for it."""
+    families = [("mobilenet_v3_", "MobileNetV3 only at alpha 1.0 (the _small, _large and _minimalistic entries)"),
+                ("mobilenet_v2_", f"MobileNetV2 only at alpha {', '.join(map(str, V2_ALPHAS))}"),
+                ("mobilenet_", f"MobileNet only at alpha {', '.join(map(str, V1_ALPHAS))}")]
+    for prefix, widths in families:
+        if name.startswith(prefix):
+            return f"Keras publishes ImageNet weights for {widths}"
+    return ""
+
+
+def of_record(record: dict) -> Backbone:
+    """The entry a cache (or one ensemble member's record) was made with: by the entry name and arguments it records,
+    else by its constructor (caches of entries without arguments record only that)."""
+    if "backbone_entry" in record:
+        spec = get(record["backbone_entry"])
+        if spec.identity != {k: record.get(k) for k in spec.identity}:
+            raise WorkflowError(f"backbone {record['backbone_entry']} was recorded as {record.get('backbone')} with "
+                                f"arguments {record.get('backbone_args')}, but is now {spec.constructor} with "
+                                f"{spec.kwargs}; rerun `make features`")
+        return spec
+    return get(record["backbone"])
 
 
 def table() -> str:
@@ -132,7 +229,8 @@ def table() -> str:
     rows = ["| BACKBONE | keras.applications | size (min) | preprocessing | LAYER | UNFREEZE_FROM | FROM_CACHE cut |",
             "|---|---|---|---|---|---|---|"]
     for b in REGISTRY.values():
-        rows.append(f"| {b.name} | {b.constructor} | {b.default_size} ({b.min_size}) | {b.preprocessing} | "
+        call = b.constructor + (f"({', '.join(f'{k}={v}' for k, v in b.args)})" if b.args else "")
+        rows.append(f"| {b.name} | {call} | {b.default_size} ({b.min_size}) | {b.preprocessing} | "
                     f"{b.feature_layer} | {b.unfreeze_from} | {b.cached_cut or 'none'} |")
     return "\n".join(rows)
 

@@ -90,7 +90,7 @@ def make_plan(s: Settings) -> Plan:
     layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
     imgs = images.discover(s.data, s.labels)
     check_views(s.aug_views, imgs, layers, spec)
-    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights),
+    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights, img_size),
                 precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)))
 
 
@@ -100,7 +100,7 @@ def _ensemble_plan(s: Settings) -> Plan:
                             f"each member's size as name:size (e.g. BACKBONES=inception_v3:299,resnet50:224) and "
                             f"leave those empty")
     members = ensemble.parse(s.backbones)
-    infos = tuple(backbone.resolve_weights(spec, s.weights) for spec, _ in members)
+    infos = tuple(backbone.resolve_weights(spec, s.weights, size) for spec, size in members)
     imgs = images.discover(s.data, s.labels)
     info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
     return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
@@ -114,12 +114,13 @@ def resolve_config(plan: Plan) -> dict:
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
     aug = {"augmentation": views.policy(s.aug_views, s.seed, plan.view_layers)} if s.aug_views else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
-    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint.
+    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint. An
+    # entry with constructor arguments (a MobileNet width) adds its name and arguments (Backbone.identity).
     if plan.members:
         model = {"backbone": ensemble.ENSEMBLE, "backbones": ensemble.records(plan.members, plan.member_weights),
                  "preprocessing": "each member's own, in its branch (backbones)", "pool": ensemble.POOL}
     else:
-        model = {"backbone": plan.spec.constructor, "preprocessing": plan.spec.preprocessing_text}
+        model = {**plan.spec.identity, "preprocessing": plan.spec.preprocessing_text}
     return with_precision({
         **model, "layer": plan.layers[0], "layers": list(plan.layers), "image_size": plan.img_size,
         "resize": images.RESIZE,
