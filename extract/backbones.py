@@ -50,7 +50,7 @@ class Backbone:
     url_dir: str  # under KERAS_URL; ends in "/" where the file there has notop_file's name, else names it
     args: tuple = ()  # keyword arguments of the constructor, as (name, value) pairs: (("alpha", 0.35),)
     weight_sizes: tuple = ()  # the sizes Keras publishes a file for, where notop_file has "{size}"
-    depthwise: bool = False  # depthwise convolutions carry its compute: bf16 inference does not pay (PRECISION=auto)
+    bf16_slower: bool = False  # make bench measured its bf16 inference slower than float32 on a native-bf16 CPU
 
     def weights_file(self, img_size: int) -> str:
         """The file Keras loads at `img_size`. Keras' rule (keras.applications.mobilenet, mobilenet_v2): the file of
@@ -74,6 +74,14 @@ class Backbone:
         return dict(self.args)
 
     @property
+    def bf16_loses(self) -> str:
+        """Why PRECISION=auto keeps this backbone in float32 on a CPU with native bf16 ('' where bf16 gains)."""
+        if not self.bf16_slower:
+            return ""
+        return (f"make bench measured {self.name} slower in bf16 than in float32 on such a CPU (its depthwise "
+                f"convolutions gain nothing from bf16; docs/bench_precision.md)")
+
+    @property
     def identity(self) -> dict:
         """What the cache records to name this entry: the constructor alone where it takes no arguments (as before
         the registry had any), else also the entry's name and its arguments, so two widths never collide."""
@@ -94,7 +102,9 @@ def _entry(name, constructor, family, default_size, min_size, prep, feature_laye
 
 
 # The MobileNet family, as Keras publishes its ImageNet weights (keras/src/applications/mobilenet*.py). Each entry is
-# one width; a width Keras publishes no weights for is not an entry (get() says which widths are).
+# one width; a width Keras publishes no weights for is not an entry (get() says which widths are). bf16_slower: make
+# bench measured every width at 0.39x-0.97x of float32 at 224 px on avx512_bf16 (v1 at alpha 1.0 ties, 1.06x), and
+# most at 150 px too: depthwise convolutions gain nothing from bf16, and the 1x1 ones are too small to make up for it.
 V1_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}  # Keras' alpha_text in the file name
 V1_SIZES = (128, 160, 192, 224)
 V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -110,7 +120,7 @@ def _v1(name, alpha):
     # A plain chain of depthwise-separable blocks: conv_pw_12_relu alone feeds block 13, the last one.
     return _entry(name, "MobileNet", "mobilenet", 224, 32, INCEPTION, "conv_pw_13_relu", "conv_pw_12_relu",
                   "conv_pw_12_relu", f"mobilenet_{V1_ALPHAS[alpha]}_{{size}}_tf_no_top.h5", "", "mobilenet/",
-                  args=() if alpha == 1.0 else (("alpha", alpha),), weight_sizes=V1_SIZES, depthwise=True)
+                  args=() if alpha == 1.0 else (("alpha", alpha),), weight_sizes=V1_SIZES, bf16_slower=True)
 
 
 def _v2(name, alpha):
@@ -118,7 +128,7 @@ def _v2(name, alpha):
     return _entry(name, "MobileNetV2", "mobilenet_v2", 224, 32, INCEPTION, "out_relu", "block_15_add",
                   "block_15_add", f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{{size}}_no_top.h5",
                   "", "mobilenet_v2/", args=() if alpha == 1.0 else (("alpha", alpha),), weight_sizes=V2_SIZES,
-                  depthwise=True)
+                  bf16_slower=True)
 
 
 def _v3(name, kind, minimalistic, feature_layer, last_add):
@@ -129,7 +139,7 @@ def _v3(name, kind, minimalistic, feature_layer, last_add):
     file = f"weights_mobilenet_v3_{kind}{'_minimalistic' if minimalistic else ''}_224_1.0_float_no_top_v2.h5"
     return _entry(name, constructor, "mobilenet_v3", 224, 32, SELF, feature_layer, last_add, last_add, file,
                   V3_FILES[(kind, minimalistic)], "mobilenet_v3/",
-                  args=(("minimalistic", True),) if minimalistic else (), depthwise=True)
+                  args=(("minimalistic", True),) if minimalistic else (), bf16_slower=True)
 
 
 # Cuts: `unfreeze_from` and `cached_cut` are weightless layers (an activation, add or concatenation) whose output
@@ -171,6 +181,8 @@ REGISTRY = {b.name: b for b in [
            "efficientnet_v2/"),
     # The final LayerNormalization has no name (layer_normalization in a fresh scope). ConvNeXt's residual sums are
     # operations, not layers, so no layer's output is a block boundary: no cached cut.
+    # bf16: 0.44x, 0.89x and 0.99x of float32 at 150 px in three make bench runs on shared cores, 1.24x at 224 px, its
+    # default: left to bf16 (docs/bench_mobilenet.md, docs/bench_precision.md).
     _entry("convnext_tiny", "ConvNeXtTiny", "convnext", 224, 32, SELF, "layer_normalization",
            "convnext_tiny_stage_3_block_0_depthwise_conv", "", "convnext_tiny_notop.h5",
            "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1", "convnext/",
@@ -222,6 +234,19 @@ def of_record(record: dict) -> Backbone:
                                 f"{spec.kwargs}; rerun `make features`")
         return spec
     return get(record["backbone"])
+
+
+def bf16_loses_among(specs) -> str:
+    """bf16_loses of a network made of `specs` (an ensemble runs in one precision: its first member that loses)."""
+    return next((s.bf16_loses for s in specs if s.bf16_loses), "")
+
+
+def bf16_loses_of(record: dict) -> str:
+    """bf16_loses of the network a cache's or model's record names (one backbone, or an ensemble's `backbones`)."""
+    try:
+        return bf16_loses_among(map(of_record, record.get("backbones") or [record]))
+    except WorkflowError:  # a backbone this code no longer registers: as before entries said, bf16 where native
+        return ""
 
 
 def table() -> str:

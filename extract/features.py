@@ -66,6 +66,12 @@ class Plan:
     def view_layers(self) -> tuple:
         return views.view_layers(self.spec)
 
+    def describe_precision(self) -> str:
+        """The log line: what PRECISION became for this backbone on this CPU, and why."""
+        specs = [spec for spec, _ in self.members] if self.members else [self.spec]
+        return precision.describe(self.settings.precision, self.precision, use="inference",
+                                  bf16_loses=backbones.bf16_loses_among(specs))
+
     @property
     def title(self) -> str:
         if self.members:
@@ -91,7 +97,8 @@ def make_plan(s: Settings) -> Plan:
     imgs = images.discover(s.data, s.labels)
     check_views(s.aug_views, imgs, layers, spec)
     return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights, img_size),
-                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)))
+                precision.resolve(s.precision, "inference", bf16_loses=spec.bf16_loses), imgs,
+                tuple(verify.input_sizes(imgs.root, imgs.paths)))
 
 
 def _ensemble_plan(s: Settings) -> Plan:
@@ -103,9 +110,10 @@ def _ensemble_plan(s: Settings) -> Plan:
     infos = tuple(backbone.resolve_weights(spec, s.weights, size) for spec, size in members)
     imgs = images.discover(s.data, s.labels)
     info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
+    loses = backbones.bf16_loses_among(spec for spec, _ in members)
     return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
-                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)),
-                members, infos)
+                precision.resolve(s.precision, "inference", bf16_loses=loses), imgs,
+                tuple(verify.input_sizes(imgs.root, imgs.paths)), members, infos)
 
 
 def resolve_config(plan: Plan) -> dict:
@@ -271,7 +279,7 @@ def extract_features(plan: Plan) -> int:
     if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         return 0
 
-    print(f"{plan.title}; " + precision.describe(s.precision, plan.precision, use="inference"))
+    print(f"{plan.title}; " + plan.describe_precision())
     with precision.building(plan.precision):
         model = plan.build()
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}
