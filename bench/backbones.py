@@ -35,22 +35,29 @@ RECIPE_SIZE = 150  # the recipe's IMG_SIZE: every backbone is also measured ther
 ENSEMBLE = "inception_v3,xception,resnet50"  # the ypwhs/dogs_vs_cats entry's three
 
 
-def time_forward(model, size: int, batch: int, repeats: int) -> float:
-    """Median images/s of `repeats` forward passes of one batch, after a tracing call."""
-    forward = make_forward(model)
+def time_forwards(models, size: int, batch: int, repeats: int) -> list:
+    """Median images/s of each model over `repeats` forward passes of one batch, after a tracing call; the models'
+    passes take turns, so a load that comes and goes on shared cores slows each of them alike."""
+    forwards = [make_forward(m) for m in models]
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    forward(x)[0].numpy()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for forward in forwards:
         forward(x)[0].numpy()
-        rates.append(batch / (time.perf_counter() - t0))
-    return median(rates)
+    rates = [[] for _ in models]
+    for _ in range(repeats):
+        for forward, r in zip(forwards, rates):
+            t0 = time.perf_counter()
+            forward(x)[0].numpy()
+            r.append(batch / (time.perf_counter() - t0))
+    return [median(r) for r in rates]
 
 
-def measure(model, size: int, batch: int, repeats: int, peak: float) -> dict:
+def time_forward(model, size: int, batch: int, repeats: int) -> float:
+    return time_forwards([model], size, batch, repeats)[0]
+
+
+def measure(model, size: int, batch: int, repeats: int, peak: float, img_s: float | None = None) -> dict:
     gflops = step_gflops(model, (size, size, 3), train=False)
-    img_s = time_forward(model, size, batch, repeats)
+    img_s = time_forward(model, size, batch, repeats) if img_s is None else img_s
     roof = forward_img_s(gflops, peak)
     return {"size": size, "images_per_s": img_s, "gflops_per_image": gflops, "roofline_images_per_s": roof,
             "roofline_fraction": img_s / roof}
@@ -66,17 +73,10 @@ def sizes_of(spec, which) -> list:
     return sorted({spec.default_size, max(RECIPE_SIZE, spec.min_size)})
 
 
-def bf16_row(spec, size: int, batch: int, repeats: int, fp32_img_s: float) -> dict:
-    """bf16 images/s of `spec` at `size`, its ratio to float32, what PRECISION=auto picks here and whether that is
-    the faster one (a tie within NOISE counts as either)."""
-    import keras
-
-    with building("bfloat16"):
-        model = backbone.build_backbone(spec, size, [spec.feature_layer], "none")
-    img_s = time_forward(model, size, batch, repeats)
-    del model
-    keras.backend.clear_session()
-    ratio = img_s / fp32_img_s
+def bf16_row(spec, bf16_img_s: float, fp32_img_s: float) -> dict:
+    """bf16 images/s, its ratio to float32, what PRECISION=auto picks for `spec` here and whether that is the faster
+    one (a tie within NOISE counts as either)."""
+    img_s, ratio = bf16_img_s, bf16_img_s / fp32_img_s
     auto = precision.resolve("auto", "inference", gpu=False, bf16_loses=spec.bf16_loses)
     faster = "bfloat16" if ratio > 1 else "float32"
     return {"images_per_s_bfloat16": img_s, "bf16_speedup": ratio, "auto": auto,
@@ -96,17 +96,20 @@ def bench_backbones(names, which: str, batch: int, repeats: int, ensemble_names:
         spec = backbones.get(name)
         rows = []
         for size in sizes_of(spec, which):
-            with building("float32"):
-                model = backbone.build_backbone(spec, size, [spec.feature_layer], "none")
-            rows.append({**measure(model, size, batch, repeats, peak), "layer": spec.feature_layer,
-                         "params": model.count_params()})
+            models = []
+            for p in ("float32", "bfloat16") if bf16 else ("float32",):
+                with building(p):
+                    models.append(backbone.build_backbone(spec, size, [spec.feature_layer], "none"))
+            img_s = time_forwards(models, size, batch, repeats)  # both precisions in turns: their ratio holds
+            rows.append({**measure(models[0], size, batch, repeats, peak, img_s[0]), "layer": spec.feature_layer,
+                         "params": models[0].count_params()})
             r = rows[-1]
             print(f"{name} at {size} px: {r['images_per_s']:.1f} images/s, {r['gflops_per_image']:.2f} GFLOPs/image, "
                   f"{r['roofline_fraction']:.2f} of the roofline")
-            del model
+            del models
             keras.backend.clear_session()
             if bf16:
-                r.update(bf16_row(spec, size, batch, repeats, r["images_per_s"]))
+                r.update(bf16_row(spec, img_s[1], img_s[0]))
                 print(f"{name} at {size} px in bf16: {r['images_per_s_bfloat16']:.1f} images/s "
                       f"({r['bf16_speedup']:.2f}x); PRECISION=auto picks {r['auto']}"
                       f"{'' if r['auto_is_faster'] else ', the slower one: revisit its bf16_loses'}")

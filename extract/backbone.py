@@ -159,7 +159,8 @@ def _load_weights(spec, base, img_size, path):
     try:
         ref = constructor(spec)(include_top=False, weights=path, input_shape=(img_size, img_size, 3))
     except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model (or width)
-        raise WorkflowError(f"WEIGHTS={path}: not loadable as {spec.name} ({_call(spec)}) weights ({str(e)[:120]}); "
+        raise WorkflowError(f"WEIGHTS={path}: not loadable as {spec.call} no-top weights (BACKBONE={spec.name}) "
+                            f"({str(e)[:120]}); "
                             f"pass {spec.weights_file(img_size)} (Keras' published file), or WEIGHTS=imagenet"
                             ) from None
     ours = [l for l in base.layers if l.weights and l.name != "preprocess"]

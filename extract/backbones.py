@@ -74,6 +74,11 @@ class Backbone:
         return dict(self.args)
 
     @property
+    def call(self) -> str:
+        """The constructor as this entry calls it: `MobileNetV2(alpha=0.35)`, `InceptionV3`."""
+        return self.constructor + (f"({', '.join(f'{k}={v}' for k, v in self.args)})" if self.args else "")
+
+    @property
     def bf16_loses(self) -> str:
         """Why PRECISION=auto keeps this backbone in float32 on a CPU with native bf16 ('' where bf16 gains)."""
         if not self.bf16_slower:
@@ -103,7 +108,7 @@ def _entry(name, constructor, family, default_size, min_size, prep, feature_laye
 
 # The MobileNet family, as Keras publishes its ImageNet weights (keras/src/applications/mobilenet*.py). Each entry is
 # one width; a width Keras publishes no weights for is not an entry (get() says which widths are). bf16_slower: make
-# bench measured every width at 0.39x-0.97x of float32 at 224 px on avx512_bf16 (v1 at alpha 1.0 ties, 1.06x), and
+# bench measured every width at 0.73x-0.98x of float32 at 224 px on avx512_bf16 (docs/bench_mobilenet.md), and
 # most at 150 px too: depthwise convolutions gain nothing from bf16, and the 1x1 ones are too small to make up for it.
 V1_ALPHAS = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}  # Keras' alpha_text in the file name
 V1_SIZES = (128, 160, 192, 224)
@@ -181,8 +186,8 @@ REGISTRY = {b.name: b for b in [
            "efficientnet_v2/"),
     # The final LayerNormalization has no name (layer_normalization in a fresh scope). ConvNeXt's residual sums are
     # operations, not layers, so no layer's output is a block boundary: no cached cut.
-    # bf16: 0.44x, 0.89x and 0.99x of float32 at 150 px in three make bench runs on shared cores, 1.24x at 224 px, its
-    # default: left to bf16 (docs/bench_mobilenet.md, docs/bench_precision.md).
+    # bf16 against float32 at 150 px, four make bench runs on shared cores: 0.44x, 0.89x, 0.99x, 0.97x (the last
+    # two timed in turns, docs/bench_precision.md), and 1.24x at 224 px, its default: a tie, left to bf16.
     _entry("convnext_tiny", "ConvNeXtTiny", "convnext", 224, 32, SELF, "layer_normalization",
            "convnext_tiny_stage_3_block_0_depthwise_conv", "", "convnext_tiny_notop.h5",
            "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1", "convnext/",
@@ -254,8 +259,7 @@ def table() -> str:
     rows = ["| BACKBONE | keras.applications | size (min) | preprocessing | LAYER | UNFREEZE_FROM | FROM_CACHE cut |",
             "|---|---|---|---|---|---|---|"]
     for b in REGISTRY.values():
-        call = b.constructor + (f"({', '.join(f'{k}={v}' for k, v in b.args)})" if b.args else "")
-        rows.append(f"| {b.name} | {call} | {b.default_size} ({b.min_size}) | {b.preprocessing} | "
+        rows.append(f"| {b.name} | {b.call} | {b.default_size} ({b.min_size}) | {b.preprocessing} | "
                     f"{b.feature_layer} | {b.unfreeze_from} | {b.cached_cut or 'none'} |")
     return "\n".join(rows)
 

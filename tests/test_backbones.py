@@ -13,6 +13,13 @@ from core import WorkflowError
 from extract import backbone, backbones
 
 NAMES = list(backbones.REGISTRY)
+# The fast tier builds one MobileNet width per version (and the old mobilenet_v2); the slow tier builds every width.
+FAST_WIDTHS = ("mobilenet_v2", "mobilenet_025", "mobilenet_v2_035", "mobilenet_v3_small_minimalistic")
+
+
+def tiered(names):
+    return [n if not n.startswith("mobilenet") or n in FAST_WIDTHS else pytest.param(n, marks=pytest.mark.slow)
+            for n in names]
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype("float32")
 
 
@@ -105,7 +112,7 @@ END_TO_END = [n for n in NAMES if n not in MOBILENET] + [
     "mobilenet_025", "mobilenet_v2_035", "mobilenet_v3_small", "mobilenet_v3_large_minimalistic"]
 
 
-@pytest.mark.parametrize("name", MOBILENET)
+@pytest.mark.parametrize("name", tiered(MOBILENET))
 def test_every_mobilenet_builds_its_width_with_its_layers(name):
     """The arguments reach Keras (our build has the parameters of keras.applications called with them, and not
     those of the constructor's default), and the entry's feature layer, UNFREEZE_FROM and cut are in it."""
@@ -146,7 +153,7 @@ def _keras_asks_for(spec, size, monkeypatch):
     return asked[0]
 
 
-@pytest.mark.parametrize("name", MOBILENET)
+@pytest.mark.parametrize("name", tiered(MOBILENET))
 def test_weights_file_per_size_follows_keras_own_rule(name, monkeypatch):
     """At a published size, a size Keras has no file for (it loads the 224-px one) and the default, the file (and
     hash, and URL) that resolve_weights looks for is the one keras.applications downloads."""
@@ -224,7 +231,7 @@ def test_each_preprocessing_kind_is_registered():
     assert kinds == {backbones.INCEPTION, backbones.CAFFE, backbones.TORCH, backbones.SELF}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", tiered(NAMES))
 def test_wrong_weights_file_with_the_right_name_is_refused(tmp_path, name):
     spec = backbones.get(name)
     bad = tmp_path / spec.weights_file(spec.min_size)

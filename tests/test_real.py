@@ -204,6 +204,19 @@ def test_calibration_on_real_confidences_lowers_log_loss_on_rows_it_did_not_see(
     assert after < before
 
 
+def test_real_weights_of_one_width_are_refused_by_another_in_one_line():
+    """The 0.35-wide file is not MobileNetV2 at alpha 1.0 (the bug of a registry without arguments), nor v1."""
+    from core import WorkflowError
+    from extract import backbone, backbones
+
+    for name in ("mobilenet_v2", "mobilenet_v2_050", "mobilenet_025"):
+        spec = backbones.get(name)
+        with pytest.raises(WorkflowError) as e:
+            backbone.build_base(spec, SIZE, backbone.resolve_weights(spec, V2_035, SIZE))
+        assert f"not loadable as {spec.call} no-top weights (BACKBONE={name})" in str(e.value)
+        assert "\n" not in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------- flowers
 
 FLOWERS = os.path.join(REAL, "flowers")
