@@ -305,11 +305,12 @@ def test_report_finds_a_copy_and_a_reencoded_photo_but_not_distinct_photos(flips
 
 
 if __name__ == "__main__":  # the 5-seed measurement behind MIN_PRECISION and MIN_RECALL
+    import pathlib
     import sys
     import tempfile
 
     for seed in range(int(sys.argv[1]) if len(sys.argv) > 1 else 5):
         with tempfile.TemporaryDirectory() as t:
-            p, r, pairs, dups = flip_run(__import__("pathlib").Path(t), seed)
+            p, r, pairs, dups = flip_run(pathlib.Path(t), seed)
             print(f"FLIPS seed {seed}: precision {p:.3f} recall {r:.3f} dup pairs found {sum(d in pairs for d in dups)}"
                   f"/2, other pairs {len([x for x in pairs if x not in dups])}", flush=True)
