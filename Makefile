@@ -22,7 +22,8 @@ export PYTHONUNBUFFERED := 1
 DATA ?= data/train
 FEATURES ?= artifacts/features.h5
 # the network, from extract/backbones.py (`python -m extract.backbones` lists them); recorded in the cache, which
-# every later stage follows
+# every later stage follows. On a laptop: mobilenet_v2_035 (alpha 0.35) .. mobilenet_v2_140, mobilenet_025 ..
+# mobilenet, mobilenet_v3_small / _large (docs/backbones.md)
 BACKBONE ?= inception_v3
 # several in one pass, name[:size],... (e.g. inception_v3,xception,resnet50): their pooled features concatenated;
 # train with HEAD=concat
@@ -220,7 +221,7 @@ postgres:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-## bench: measure every stage against the recipe it replaces (BENCH_N images) and the exports, then every backbone (bench/backbones.py); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
+## bench: measure every stage against the recipe it replaces (BENCH_N images) and the exports, then every backbone (bench/backbones.py; float32 and, on a native-bf16 CPU, bf16: checks PRECISION=auto per backbone); writes artifacts/bench.json, bench.md, bench_backbones.json/.md; SCALE_N=25000: the Kaggle-size run (IMG_SIZE, MEM_BUDGET) into artifacts/bench_scale.json and .md
 bench: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
 	$(PY) -m bench $(if $(SCALE_N),--scale-n $(SCALE_N) --scale-small $(BENCH_N) $(call opt,--img-size,$(IMG_SIZE)) --mem-budget $(MEM_BUDGET),--n $(BENCH_N))
 	$(if $(SCALE_N),,$(PY) -m bench.backbones --out artifacts/bench_backbones.json --md artifacts/bench_backbones.md)
@@ -228,7 +229,8 @@ bench: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)
 ## test: everything, what CI runs: the whole suite with oneDNN's custom ops on, then the fast tier with them off, then as the other kind of CPU
 # TF turns oneDNN's custom operations on by itself on CPUs with AVX512_VNNI/BF16 or AMX, and they compute in another
 # order: the suite must pass both ways, whatever this machine's CPU would pick. Offline: generated images,
-# WEIGHTS=none, 75x75; installs the Ray extra that it tests. PRECISION=auto follows the CPU's bf16 flags, so the fast
+# WEIGHTS=none, 75x75, and the real tier (tests/test_real.py: ../shared/real's photos and MobileNet weights, about
+# 1.5 min); installs the Ray extra that it tests. PRECISION=auto follows the CPU's bf16 flags, so the fast
 # tier runs once more as the other kind of CPU: PRECISION_CPU_FLAGS (read by core/precision.py alone) stands in for them.
 OTHER_CPU := $(shell grep -qsE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo none || echo avx512_bf16)
 test: $(STAMP) $(SCALE_STAMP) $(EXPORT_STAMP)

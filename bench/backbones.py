@@ -1,5 +1,6 @@
 """Per backbone: extraction images/s at its default size and at 150 px, profiled GFLOPs per image, the fraction of
-the GEMM roofline it reaches, and one ensemble's cost against the sum of its parts.
+the GEMM roofline it reaches, and one ensemble's cost against the sum of its parts. On a CPU with native bf16, also
+images/s in bf16 and whether PRECISION=auto picks the faster of the two for that backbone (core/precision.py).
 
 Reads nothing (random uint8 batches in memory; WEIGHTS=none: weights do not change the work). Writes --out (JSON)
 and, with --md, the Markdown table that docs/performance.md quotes.
@@ -17,6 +18,7 @@ import numpy as np
 
 from core import WorkflowError, cli
 from core.files import write_json, write_text
+from core import precision
 from core.precision import building
 from extract import backbone, backbones, ensemble
 from extract.features import make_forward
@@ -26,26 +28,36 @@ from .profile import step_gflops
 from .roofline import forward_img_s
 from .timing import machine, median
 
+# A bf16 / float32 ratio within 1 +- NOISE is a tie: either precision is as fast. Two runs of one row on 2 cores shared
+# with other jobs differed by up to 10% for most backbones (docs/bench_precision.md).
+NOISE = 0.10
 RECIPE_SIZE = 150  # the recipe's IMG_SIZE: every backbone is also measured there, to compare at equal pixels
 ENSEMBLE = "inception_v3,xception,resnet50"  # the ypwhs/dogs_vs_cats entry's three
 
 
-def time_forward(model, size: int, batch: int, repeats: int) -> float:
-    """Median images/s of `repeats` forward passes of one batch, after a tracing call."""
-    forward = make_forward(model)
+def time_forwards(models, size: int, batch: int, repeats: int) -> list:
+    """Median images/s of each model over `repeats` forward passes of one batch, after a tracing call; the models'
+    passes take turns, so a load that comes and goes on shared cores slows each of them alike."""
+    forwards = [make_forward(m) for m in models]
     x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    forward(x)[0].numpy()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for forward in forwards:
         forward(x)[0].numpy()
-        rates.append(batch / (time.perf_counter() - t0))
-    return median(rates)
+    rates = [[] for _ in models]
+    for _ in range(repeats):
+        for forward, r in zip(forwards, rates):
+            t0 = time.perf_counter()
+            forward(x)[0].numpy()
+            r.append(batch / (time.perf_counter() - t0))
+    return [median(r) for r in rates]
 
 
-def measure(model, size: int, batch: int, repeats: int, peak: float) -> dict:
+def time_forward(model, size: int, batch: int, repeats: int) -> float:
+    return time_forwards([model], size, batch, repeats)[0]
+
+
+def measure(model, size: int, batch: int, repeats: int, peak: float, img_s: float | None = None) -> dict:
     gflops = step_gflops(model, (size, size, 3), train=False)
-    img_s = time_forward(model, size, batch, repeats)
+    img_s = time_forward(model, size, batch, repeats) if img_s is None else img_s
     roof = forward_img_s(gflops, peak)
     return {"size": size, "images_per_s": img_s, "gflops_per_image": gflops, "roofline_images_per_s": roof,
             "roofline_fraction": img_s / roof}
@@ -61,25 +73,46 @@ def sizes_of(spec, which) -> list:
     return sorted({spec.default_size, max(RECIPE_SIZE, spec.min_size)})
 
 
-def bench_backbones(names, which: str, batch: int, repeats: int, ensemble_names: str, peak_seconds: float) -> dict:
+def bf16_row(spec, bf16_img_s: float, fp32_img_s: float) -> dict:
+    """bf16 images/s, its ratio to float32, what PRECISION=auto picks for `spec` here and whether that is the faster
+    one (a tie within NOISE counts as either)."""
+    img_s, ratio = bf16_img_s, bf16_img_s / fp32_img_s
+    auto = precision.resolve("auto", "inference", gpu=False, bf16_loses=spec.bf16_loses)
+    faster = "bfloat16" if ratio > 1 else "float32"
+    return {"images_per_s_bfloat16": img_s, "bf16_speedup": ratio, "auto": auto,
+            "auto_is_faster": auto == faster or abs(ratio - 1) <= NOISE}
+
+
+def bench_backbones(names, which: str, batch: int, repeats: int, ensemble_names: str, peak_seconds: float,
+                    bf16: bool = False) -> dict:
     import keras
 
     peak = gemm_gflops("float32", 1024, peak_seconds)
     out = {"machine": machine(), "gemm_gflops_float32": peak, "batch": batch, "repeats": repeats, "sizes": which,
-           "precision": "float32", "backbones": {}}
+           "precision": "float32", "bf16": bf16, "cpu_bf16_flags": sorted(set(precision.NATIVE_BF16_FLAGS)
+                                                                          & precision.cpu_flags()),
+           "backbones": {}}
     for name in names:
         spec = backbones.get(name)
         rows = []
         for size in sizes_of(spec, which):
-            with building("float32"):
-                model = backbone.build_backbone(spec, size, [spec.feature_layer], "none")
-            rows.append({**measure(model, size, batch, repeats, peak), "layer": spec.feature_layer,
-                         "params": model.count_params()})
+            models = []
+            for p in ("float32", "bfloat16") if bf16 else ("float32",):
+                with building(p):
+                    models.append(backbone.build_backbone(spec, size, [spec.feature_layer], "none"))
+            img_s = time_forwards(models, size, batch, repeats)  # both precisions in turns: their ratio holds
+            rows.append({**measure(models[0], size, batch, repeats, peak, img_s[0]), "layer": spec.feature_layer,
+                         "params": models[0].count_params()})
             r = rows[-1]
             print(f"{name} at {size} px: {r['images_per_s']:.1f} images/s, {r['gflops_per_image']:.2f} GFLOPs/image, "
                   f"{r['roofline_fraction']:.2f} of the roofline")
-            del model
+            del models
             keras.backend.clear_session()
+            if bf16:
+                r.update(bf16_row(spec, img_s[1], img_s[0]))
+                print(f"{name} at {size} px in bf16: {r['images_per_s_bfloat16']:.1f} images/s "
+                      f"({r['bf16_speedup']:.2f}x); PRECISION=auto picks {r['auto']}"
+                      f"{'' if r['auto_is_faster'] else ', the slower one: revisit its bf16_loses'}")
         out["backbones"][name] = rows
     if ensemble_names:
         out["ensemble"] = bench_ensemble(ensemble_names, which, batch, repeats, peak)
@@ -114,12 +147,15 @@ def markdown(res) -> str:
     lines = [f"Forward pass only (make_forward on in-memory uint8 batches of {res['batch']}, float32, WEIGHTS=none), "
              f"median of {res['repeats']}; roofline = GFLOPs at this run's float32 GEMM peak "
              f"({res['gemm_gflops_float32']:.0f} GFLOP/s) on {res['machine']['cpu']}, {res['machine']['cores']} cores.",
-             "", "| BACKBONE | px | images/s | GFLOPs/image | roofline images/s | fraction |",
-             "|---|---|---|---|---|---|"]
+             "", "| BACKBONE | px | images/s | GFLOPs/image | roofline images/s | fraction |"
+                 + (" bf16 images/s | bf16 / float32 | auto |" if res.get("bf16") else ""),
+             "|---|---|---|---|---|---|" + ("---|---|---|" if res.get("bf16") else "")]
     for name, rows in res["backbones"].items():
         for r in rows:
+            bf = (f" {r['images_per_s_bfloat16']:.1f} | {r['bf16_speedup']:.2f} | {r['auto']}"
+                  f"{'' if r['auto_is_faster'] else ' (slower!)'} |" if "bf16_speedup" in r else "")
             lines.append(f"| {name} | {r['size']} | {r['images_per_s']:.1f} | {r['gflops_per_image']:.2f} | "
-                         f"{r['roofline_images_per_s']:.1f} | {r['roofline_fraction']:.2f} |")
+                         f"{r['roofline_images_per_s']:.1f} | {r['roofline_fraction']:.2f} |" + bf)
     if "ensemble" in res:
         e = res["ensemble"]
         parts = " + ".join(f"{n} {p['size']} px {p['images_per_s']:.1f}/s" for n, p in e["members"].items())
@@ -140,6 +176,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ensemble", default=ENSEMBLE, help="BACKBONES of the ensemble measured (empty: none)")
     p.add_argument("--peak-seconds", type=float, default=2.0, help="seconds of GEMM repeats for the peak")
+    p.add_argument("--bf16", default="auto", choices=["auto", "0", "1"],
+                   help="also time each backbone in bf16 and check PRECISION=auto's pick (auto: where the CPU has "
+                        "native bf16; elsewhere bf16 is emulated and auto never picks it)")
     p.add_argument("--out", default="artifacts/bench_backbones.json")
     p.add_argument("--md", default="", help="also write the Markdown table here")
     a = p.parse_args(argv)
@@ -152,7 +191,8 @@ def parse_args(argv=None):
 def main(argv=None):
     a = parse_args(argv)
     names = [n.strip() for n in a.names.split(",") if n.strip()]
-    res = bench_backbones(names, a.sizes, a.batch, a.repeats, a.ensemble, a.peak_seconds)
+    bf16 = precision.native_bf16() if a.bf16 == "auto" else a.bf16 == "1"
+    res = bench_backbones(names, a.sizes, a.batch, a.repeats, a.ensemble, a.peak_seconds, bf16)
     write_json(a.out, res)
     if a.md:
         write_text(a.md, markdown(res))

@@ -64,7 +64,8 @@ def cache_block(cache, layer) -> dict:
     cfg = cache.config
     return {"path": os.path.abspath(cache.path), "fingerprint": cache.fingerprint, "layer": layer,
             "feature_shape": list(cache.feature_shape(layer)), "backbone": cfg.get("backbone"),
-            "image_size": cfg.get("image_size"), "weights_sha256": cfg.get("weights_sha256")}
+            "image_size": cfg.get("image_size"), "weights_sha256": cfg.get("weights_sha256"),
+            **{k: cfg[k] for k in ("backbone_entry", "backbone_args") if k in cfg}}  # a width of MobileNet
 
 
 def save_head(head_dir, head):

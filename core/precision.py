@@ -3,8 +3,10 @@
 Reads /proc/cpuinfo (the CPU's flags), or PRECISION_CPU_FLAGS in its place. Writes nothing.
 Example: python -c "from core.precision import resolve; print(resolve('auto', 'inference'))"
 
-`auto` decides per use: bfloat16 for `inference` (extraction, predict, submission, the report) on a CPU with native
-bf16, float32 for `training` everywhere (AUTO_BF16 says why). PRECISION_CPU_FLAGS, read here and nowhere else, stands
+`auto` decides per use and per backbone: bfloat16 for `inference` (extraction, predict, submission, the report) on a
+CPU with native bf16, float32 for `training` everywhere (AUTO_BF16 says why), and float32 for a backbone whose entry
+make bench measured slower in bf16 (`bf16_loses`: the MobileNets, whose depthwise convolutions gain nothing;
+extract/backbones.py). make bench times both precisions per backbone and flags a wrong pick. PRECISION_CPU_FLAGS, read here and nowhere else, stands
 in for the CPU's flags (comma- or space-separated; `none` for no flags), so that any machine can play the other kind
 of CPU: `make test` runs its fast tier that way.
 
@@ -75,13 +77,14 @@ def check_use(use: str) -> str:
     return use
 
 
-def resolve(requested: str, use: str = "inference", flags=None, gpu=None) -> str:
+def resolve(requested: str, use: str = "inference", flags=None, gpu=None, bf16_loses: str = "") -> str:
     """'float32' or 'bfloat16' for PRECISION=`requested` when the network is used for `use` ('inference' |
-    'training') on a CPU with `flags` (None: this machine's), with or without a GPU (None: ask TensorFlow)."""
+    'training') on a CPU with `flags` (None: this machine's), with or without a GPU (None: ask TensorFlow);
+    `bf16_loses`: why this network runs slower in bf16 even there ('' where it gains: its backbone entry says)."""
     check_use(use)
     if check(requested) != "auto":
         return requested
-    if not AUTO_BF16[use]:
+    if not AUTO_BF16[use] or bf16_loses:
         return "float32"
     if gpu is None:
         gpu = has_gpu()
@@ -93,8 +96,9 @@ def other(resolved: str) -> str:
     return "float32" if resolved == "bfloat16" else "bfloat16"
 
 
-def describe(requested: str, resolved: str, flags=None, use: str = "inference") -> str:
-    """One line for the log: what PRECISION became for `use`, and why."""
+def describe(requested: str, resolved: str, flags=None, use: str = "inference", bf16_loses: str = "") -> str:
+    """One line for the log: what PRECISION became for `use` (of a network where `bf16_loses`, see resolve), and
+    why."""
     flags = cpu_flags() if flags is None else set(flags)
     native = native_bf16(flags)
     why = (f"this CPU has {'/'.join(f for f in NATIVE_BF16_FLAGS if f in flags)}"
@@ -103,6 +107,8 @@ def describe(requested: str, resolved: str, flags=None, use: str = "inference") 
         why += f" ({FLAGS_ENV}={os.environ[FLAGS_ENV]})"
     if requested == "auto" and native and not AUTO_BF16[check_use(use)]:
         why += f", but bf16 {use} is slower than float32 on this TensorFlow (make bench)"
+    elif requested == "auto" and native and bf16_loses:
+        why += f", but {bf16_loses}"
     line = f"precision: PRECISION={requested} -> {resolved} for {use} ({why})"
     if resolved == "bfloat16" and not native:
         line += "; bf16 is emulated here: expect no speed-up, only bf16's rounding"

@@ -21,55 +21,68 @@ from .backbones import CAFFE, CAFFE_MEAN_BGR, INCEPTION, SELF, TORCH, TORCH_MEAN
 INIT_SEED = 1337  # WEIGHTS=none: a fixed seed makes "random" weights rebuildable in stage 3
 
 
-def keras_weights_path(spec) -> str:
+def keras_weights_path(spec, img_size: int) -> str:
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return os.path.join(home, "models", spec.notop_file)
+    return os.path.join(home, "models", spec.weights_file(img_size))
 
 
-def how_to_get(spec) -> str:
-    return (f"get it on a machine with internet access (`python -c \"import keras; "
-            f"keras.applications.{spec.constructor}(include_top=False)\"` downloads it, or fetch {spec.url}), "
-            f"then copy it to {keras_weights_path(spec)} or pass WEIGHTS=/path/to/{spec.notop_file}; "
-            f"or use WEIGHTS=none for random weights (tests and the demo)")
+def _call(spec) -> str:
+    """The constructor call that downloads the entry's file, e.g. `MobileNetV2(alpha=0.35, include_top=False)`."""
+    args = ", ".join([f"{k}={v!r}" for k, v in spec.args] + ["include_top=False"])
+    return f"keras.applications.{spec.constructor}({args})"
 
 
-def resolve_weights(spec, weights: str) -> dict:
-    """Turn WEIGHTS into {'weights': source, 'weights_file': path or '', 'weights_sha256': ...}; verify the file."""
+def how_to_get(spec, img_size: int) -> str:
+    size = (f", input_shape=({img_size}, {img_size}, 3)" if spec.weight_sizes and img_size in spec.weight_sizes
+            else "")
+    return (f"get it on a machine with internet access (`python -c \"import keras; {_call(spec)[:-1]}{size})\"` "
+            f"downloads it, or fetch {spec.url(img_size)}), then copy it to {keras_weights_path(spec, img_size)} or "
+            f"pass WEIGHTS=/path/to/{spec.weights_file(img_size)}; or use WEIGHTS=none for random weights (tests and "
+            f"the demo)")
+
+
+def resolve_weights(spec, weights: str, img_size: int | None = None) -> dict:
+    """Turn WEIGHTS into {'weights': source, 'weights_file': path or '', 'weights_sha256': ...} for the network at
+    `img_size` (None: its default size); verify the file."""
+    img_size = img_size or spec.default_size
     if weights == "none":
         return {"weights": "none", "weights_file": "", "weights_sha256": f"random-init-seed-{INIT_SEED}"}
     if weights == "imagenet":
-        path = keras_weights_path(spec)
+        if spec.weight_sizes and img_size not in spec.weight_sizes:
+            print(f"weights: Keras publishes {spec.name} weights for {', '.join(map(str, spec.weight_sizes))} px; at "
+                  f"{img_size} px it loads the {spec.default_size}-px file, {spec.weights_file(img_size)}, as here")
+        path = keras_weights_path(spec, img_size)
         if not os.path.exists(path):
-            path = _download_imagenet(spec)
+            path = _download_imagenet(spec, img_size)
     else:
         path = os.path.abspath(weights)
         if not os.path.isfile(path):
-            raise WorkflowError(f"WEIGHTS={weights}: no such file; {how_to_get(spec)}")
-    if os.path.basename(path) == spec.notop_file and spec.notop_hash:
+            raise WorkflowError(f"WEIGHTS={weights}: no such file; {how_to_get(spec, img_size)}")
+    if os.path.basename(path) in spec.files and spec.notop_hash:
         algo = "md5" if len(spec.notop_hash) == 32 else "sha256"  # as keras.utils.get_file tells them apart
         if file_hash(path, algo) != spec.notop_hash:
             raise WorkflowError(f"{path}: {algo} does not match Keras' published {spec.notop_hash} for "
-                                f"{spec.constructor} (truncated or corrupt download?); delete it and fetch it again: "
-                                f"{how_to_get(spec)}")
+                                f"{spec.name} (truncated or corrupt download?); delete it and fetch it again: "
+                                f"{how_to_get(spec, img_size)}")
     return {"weights": weights if weights == "imagenet" else "file", "weights_file": path,
             "weights_sha256": file_hash(path, "sha256")}
 
 
-def _download_imagenet(spec) -> str:
+def _download_imagenet(spec, img_size: int) -> str:
     import keras
 
+    file = spec.weights_file(img_size)
     try:
-        return keras.utils.get_file(spec.notop_file, spec.url, cache_subdir="models",
-                                    file_hash=spec.notop_hash or None)
+        return keras.utils.get_file(file, spec.url(img_size), cache_subdir="models", file_hash=spec.notop_hash or None)
     except Exception as e:  # offline: urllib raises several types; all mean the same to the user
-        raise WorkflowError(f"WEIGHTS=imagenet: {spec.notop_file} is not in {os.path.dirname(keras_weights_path(spec))}"
-                            f" and cannot be downloaded ({str(e)[:100] or type(e).__name__}); {how_to_get(spec)}"
-                            ) from None
+        raise WorkflowError(f"WEIGHTS=imagenet: {file} ({spec.name} at {img_size} px) is not in "
+                            f"{os.path.dirname(keras_weights_path(spec, img_size))} and cannot be downloaded "
+                            f"({str(e)[:100] or type(e).__name__}); {how_to_get(spec, img_size)}") from None
 
 
 def check_img_size(spec, img_size: int):
     if img_size < spec.min_size:
-        raise WorkflowError(f"IMG_SIZE={img_size}: {spec.constructor} needs at least {spec.min_size} pixels; "
+        raise WorkflowError(f"IMG_SIZE={img_size}: {spec.name} needs at least {spec.min_size} pixels; "
                             f"use IMG_SIZE={spec.default_size} (its default) or IMG_SIZE={spec.min_size} (fast tests)")
 
 
@@ -113,10 +126,13 @@ def preprocess_layer(spec):
     return None
 
 
-def _constructor(spec):
+def constructor(spec):
+    """keras.applications.<constructor> with the entry's arguments bound: call it as the constructor."""
+    import functools
+
     import keras
 
-    return getattr(keras.applications, spec.constructor)
+    return functools.partial(getattr(keras.applications, spec.constructor), **spec.kwargs)
 
 
 def build_base(spec, img_size: int, weights_info: dict):
@@ -130,7 +146,7 @@ def build_base(spec, img_size: int, weights_info: dict):
         inp = keras.Input((img_size, img_size, 3), name="image")
         prep = preprocess_layer(spec)
         x = inp if prep is None else prep(inp)
-        base = _constructor(spec)(include_top=False, weights=None, input_tensor=x)
+        base = constructor(spec)(include_top=False, weights=None, input_tensor=x)
         if weights_info["weights"] != "none":
             _load_weights(spec, base, img_size, weights_info["weights_file"])
     base.trainable = False
@@ -141,10 +157,12 @@ def _load_weights(spec, base, img_size, path):
     """Keras loads an .h5 into the network as its constructor builds it; ours has the preprocessing layer in front,
     which may hold weights (caffe), so the file goes into a plain copy and its weights over, layer by layer."""
     try:
-        ref = _constructor(spec)(include_top=False, weights=path, input_shape=(img_size, img_size, 3))
-    except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model
-        raise WorkflowError(f"WEIGHTS={path}: not loadable as {spec.constructor} no-top weights ({str(e)[:120]}); "
-                            f"pass {spec.notop_file} (Keras' published file), or WEIGHTS=imagenet") from None
+        ref = constructor(spec)(include_top=False, weights=path, input_shape=(img_size, img_size, 3))
+    except (OSError, ValueError) as e:  # h5py on a corrupt file; Keras on a file of another model (or width)
+        raise WorkflowError(f"WEIGHTS={path}: not loadable as {spec.call} no-top weights (BACKBONE={spec.name}) "
+                            f"({str(e)[:120]}); "
+                            f"pass {spec.weights_file(img_size)} (Keras' published file), or WEIGHTS=imagenet"
+                            ) from None
     ours = [l for l in base.layers if l.weights and l.name != "preprocess"]
     theirs = [l for l in ref.layers if l.weights]
     assert len(ours) == len(theirs), (len(ours), len(theirs))

@@ -40,7 +40,7 @@ def parse(value: str) -> tuple:
 
 def records(members, weights_infos) -> list:
     """Each member's record, as the cache's config keeps it: what rebuilds and checks its branch."""
-    return [{"name": spec.name, "backbone": spec.constructor, "image_size": size, "layer": spec.feature_layer,
+    return [{"name": spec.name, **spec.identity, "image_size": size, "layer": spec.feature_layer,
              "preprocessing": spec.preprocessing_text, "pool": "global average", **info}
             for (spec, size), info in zip(members, weights_infos)]
 

@@ -67,6 +67,12 @@ class Plan:
     def view_layers(self) -> tuple:
         return views.view_layers(self.spec)
 
+    def describe_precision(self) -> str:
+        """The log line: what PRECISION became for this backbone on this CPU, and why."""
+        specs = [spec for spec, _ in self.members] if self.members else [self.spec]
+        return precision.describe(self.settings.precision, self.precision, use="inference",
+                                  bf16_loses=backbones.bf16_loses_among(specs))
+
     @property
     def title(self) -> str:
         if self.members:
@@ -91,8 +97,9 @@ def make_plan(s: Settings) -> Plan:
     layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
     imgs = images.discover(s.data, s.labels)
     check_views(s.aug_views, imgs, layers, spec)
-    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights),
-                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)))
+    return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights, img_size),
+                precision.resolve(s.precision, "inference", bf16_loses=spec.bf16_loses), imgs,
+                tuple(verify.input_sizes(imgs.root, imgs.paths)))
 
 
 def _ensemble_plan(s: Settings) -> Plan:
@@ -101,12 +108,13 @@ def _ensemble_plan(s: Settings) -> Plan:
                             f"each member's size as name:size (e.g. BACKBONES=inception_v3:299,resnet50:224) and "
                             f"leave those empty")
     members = ensemble.parse(s.backbones)
-    infos = tuple(backbone.resolve_weights(spec, s.weights) for spec, _ in members)
+    infos = tuple(backbone.resolve_weights(spec, s.weights, size) for spec, size in members)
     imgs = images.discover(s.data, s.labels)
     info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
+    loses = backbones.bf16_loses_among(spec for spec, _ in members)
     return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
-                precision.resolve(s.precision, "inference"), imgs, tuple(verify.input_sizes(imgs.root, imgs.paths)),
-                members, infos)
+                precision.resolve(s.precision, "inference", bf16_loses=loses), imgs,
+                tuple(verify.input_sizes(imgs.root, imgs.paths)), members, infos)
 
 
 def resolve_config(plan: Plan) -> dict:
@@ -115,12 +123,13 @@ def resolve_config(plan: Plan) -> dict:
     # Only when asked for: a cache without views keeps the fingerprint it had before views existed.
     aug = {"augmentation": views.policy(s.aug_views, s.seed, plan.view_layers)} if s.aug_views else {}
     # DATA's absolute path is provenance (`provenance`), not identity: a moved or copied folder stays up to date.
-    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint.
+    # `backbone` is the constructor's name, as before the registry: InceptionV3 caches keep their fingerprint. An
+    # entry with constructor arguments (a MobileNet width) adds its name and arguments (Backbone.identity).
     if plan.members:
         model = {"backbone": ensemble.ENSEMBLE, "backbones": ensemble.records(plan.members, plan.member_weights),
                  "preprocessing": "each member's own, in its branch (backbones)", "pool": ensemble.POOL}
     else:
-        model = {"backbone": plan.spec.constructor, "preprocessing": plan.spec.preprocessing_text}
+        model = {**plan.spec.identity, "preprocessing": plan.spec.preprocessing_text}
     return with_precision({
         **model, "layer": plan.layers[0], "layers": list(plan.layers), "image_size": plan.img_size,
         "resize": images.RESIZE,
@@ -288,7 +297,7 @@ def extract_features(plan: Plan) -> int:
     if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         return 0
 
-    print(f"{plan.title}; " + precision.describe(s.precision, plan.precision, use="inference"))
+    print(f"{plan.title}; " + plan.describe_precision())
     with precision.building(plan.precision):
         model = plan.build()
     shapes = {l: tuple(o.shape[1:]) for l, o in zip(layers, model.outputs)}

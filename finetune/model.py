@@ -16,8 +16,8 @@ from extract import backbone, backbones, ensemble, images
 
 
 def spec_of(cfg):
-    """The registry entry of the backbone a cache records (`backbone`: the constructor's name)."""
-    return backbones.get(cfg["backbone"])
+    """The registry entry a cache records: its name and arguments where it has arguments, else its constructor."""
+    return backbones.of_record(cfg)
 
 
 def unfreeze_from(cfg, requested: str = "") -> str:
@@ -64,7 +64,7 @@ def check_recipe(cfg, path):
             raise CacheMismatch(f"{path}: backbone={member.get('backbone')!r} is not registered here "
                                 f"(extract/backbones.py: {', '.join(backbones.REGISTRY)}); rerun `make features "
                                 f"FEATURES={path}`") from None
-        ours = {"backbone": spec.constructor, "preprocessing": spec.preprocessing_text}
+        ours = {**spec.identity, "preprocessing": spec.preprocessing_text}
         for key, value in ours.items():
             if member.get(key) != value:
                 raise CacheMismatch(f"{path}: {key}={member.get(key)!r}, this code implements {value!r}; "
@@ -80,7 +80,7 @@ def resolve_cache_weights(cache) -> dict:
 
 
 def _same_weights(cache, spec, cfg) -> dict:
-    info = backbone.resolve_weights(spec, weights_source(cfg))
+    info = backbone.resolve_weights(spec, weights_source(cfg), cfg["image_size"])
     if info["weights_sha256"] != cfg["weights_sha256"]:
         raise CacheMismatch(f"{cache.path}: built with weights sha256 {cfg['weights_sha256'][:12]} "
                             f"({cfg['weights']} {cfg['weights_file']}), but {info['weights_file'] or info['weights']} "

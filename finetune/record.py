@@ -15,6 +15,7 @@ from core import WorkflowError, precision
 from core.curves import save_curves
 from core.files import replacing, write_json
 from core.runs import columns
+from extract import backbones
 
 MODEL_FORMAT = "dogcat-finetuned-model"
 META_MEMBER = "workflow.json"
@@ -74,7 +75,8 @@ def load_model(path, requested: str = ""):
     meta = read_meta(path)
     model = keras.saving.load_model(path, compile=False)
     saved = recorded_precision(meta)
-    used = precision.resolve(requested, "inference") if requested else saved
+    used = precision.resolve(requested, "inference", bf16_loses=backbones.bf16_loses_of(meta["config"])
+                             ) if requested else saved
     if used != saved:
         model = to_precision(model, used)
     return model, {**meta, "precision_used": used}

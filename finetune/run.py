@@ -83,7 +83,8 @@ def resolve_config(s: Settings, cache, head, path, mixed: bool, gpus: int, repli
             "data": os.path.abspath(s.data) if s.data else None, "features": os.path.abspath(s.features),
             "head_dir": os.path.abspath(s.head_dir), "model_dir": os.path.abspath(s.model_dir),
             "head_cache": head.as_dict(), "versions": package_versions(), **{k: cache.config[k] for k in CACHE_KEYS},
-            **{k: cache.config[k] for k in ("backbones",) if k in cache.config}}  # an ensemble's members
+            # an ensemble's members; the entry and its arguments where it has arguments (extract/backbones.py)
+            **{k: cache.config[k] for k in ("backbones", "backbone_entry", "backbone_args") if k in cache.config}}
 
 
 def finetune(s: Settings) -> int:

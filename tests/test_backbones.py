@@ -13,6 +13,13 @@ from core import WorkflowError
 from extract import backbone, backbones
 
 NAMES = list(backbones.REGISTRY)
+# The fast tier builds one MobileNet width per version (and the old mobilenet_v2); the slow tier builds every width.
+FAST_WIDTHS = ("mobilenet_v2", "mobilenet_025", "mobilenet_v2_035", "mobilenet_v3_small_minimalistic")
+
+
+def tiered(names):
+    return [n if not n.startswith("mobilenet") or n in FAST_WIDTHS else pytest.param(n, marks=pytest.mark.slow)
+            for n in names]
 PIXELS = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype("float32")
 
 
@@ -45,6 +52,144 @@ def test_inception_v3_caches_made_before_the_registry_are_still_up_to_date(tmp_p
     s = features.Settings(data=_fixed_inputs(tmp_path / "d"), features=str(tmp_path / "f.h5"), weights="none",
                           precision="float32", **settings)
     assert fingerprint(features.resolve_config(features.make_plan(s))) == before
+
+
+# Fingerprints of MobileNetV2 and other no-argument entries computed by the code before entries took constructor
+# arguments (commit dd1b05d) for the inputs above: such caches stay up to date.
+BEFORE_ARGS = [
+    ({"backbone": "mobilenet_v2"}, "c5e9e8a8416a69e889a99fa77485344780c1d6a87c70574aa9fdebb20fdecd03"),
+    ({"backbone": "mobilenet_v2", "img_size": 96}, "754e23446b2bad8a175502c8da530223d6d8439111a81690f59e4c5a7260ac15"),
+    ({"backbone": "mobilenet_v2", "img_size": 150, "aug_views": 2},
+     "7610634bc75632bd5030fe7aedeb7bc6c684cd10fd30d492630caeea6b8c315c"),
+    ({"backbone": "resnet50"}, "8ed944e741c3491c005724f996479cc1cb55dbdf9575f00c93fdcbeeac4c02a5"),
+    ({"backbone": "efficientnet_v2b0", "img_size": 64},
+     "89f60cc2563ef04e39c17efbc707ddc9c34293216430a30cf582c8240a65b2fb"),
+]
+
+
+@pytest.mark.parametrize("settings,before", BEFORE_ARGS)
+def test_caches_of_entries_without_arguments_keep_their_fingerprints(tmp_path, settings, before):
+    from cache import fingerprint
+    from extract import features
+
+    s = features.Settings(data=_fixed_inputs(tmp_path / "d"), features=str(tmp_path / "f.h5"), weights="none",
+                          precision="float32", **settings)
+    assert fingerprint(features.resolve_config(features.make_plan(s))) == before
+
+
+def _config(tmp_path, name, **settings):
+    from extract import features
+
+    s = features.Settings(data=_fixed_inputs(tmp_path / "d"), features=str(tmp_path / "f.h5"), backbone=name,
+                          weights="none", precision="float32", **settings)
+    return features.resolve_config(features.make_plan(s))
+
+
+def test_two_widths_of_one_constructor_are_two_caches_and_stage_3_finds_each(tmp_path):
+    """The bug of issue 31: an alpha-0.35 cache was rebuilt by stage 3 as alpha 1.0. The cache records the entry's
+    name and arguments, and finetune.model.spec_of returns that exact entry."""
+    from cache import fingerprint
+    from finetune.model import check_recipe, spec_of
+
+    configs = {n: _config(tmp_path, n) for n in ("mobilenet_v2", "mobilenet_v2_035", "mobilenet_v2_140",
+                                                  "mobilenet_v3_small", "mobilenet_v3_small_minimalistic")}
+    assert len({fingerprint(c) for c in configs.values()}) == len(configs)
+    assert configs["mobilenet_v2_035"]["backbone_entry"] == "mobilenet_v2_035"
+    assert configs["mobilenet_v2_035"]["backbone_args"] == {"alpha": 0.35}
+    assert "backbone_entry" not in configs["mobilenet_v2"]  # no arguments: recorded as before
+    for name, cfg in configs.items():
+        assert spec_of(cfg).name == name
+        check_recipe(cfg, "f.h5")
+    edited = {**configs["mobilenet_v2_035"], "backbone_args": {"alpha": 0.5}}  # a registry edited since
+    with pytest.raises(WorkflowError, match="backbone mobilenet_v2_035 was recorded as MobileNetV2 with arguments"):
+        spec_of(edited)
+
+
+MOBILENET = [n for n in NAMES if n.startswith("mobilenet")]
+# End to end (slow): every entry whose layers or build differ; the other widths share their layer names, which
+# test_every_mobilenet_builds_its_width_with_its_layers checks in every width.
+END_TO_END = [n for n in NAMES if n not in MOBILENET] + [
+    "mobilenet_025", "mobilenet_v2_035", "mobilenet_v3_small", "mobilenet_v3_large_minimalistic"]
+
+
+@pytest.mark.parametrize("name", tiered(MOBILENET))
+def test_every_mobilenet_builds_its_width_with_its_layers(name):
+    """The arguments reach Keras (our build has the parameters of keras.applications called with them, and not
+    those of the constructor's default), and the entry's feature layer, UNFREEZE_FROM and cut are in it."""
+    import keras
+
+    spec = backbones.get(name)
+    ours = backbone.build_base(spec, spec.min_size, backbone.resolve_weights(spec, "none"))
+    names = [l.name for l in ours.layers]
+    assert {spec.feature_layer, spec.unfreeze_from, spec.cached_cut} <= set(names)
+    assert names.index(spec.cached_cut) < names.index(spec.feature_layer)
+    shape = (spec.min_size, spec.min_size, 3)
+    ref = getattr(keras.applications, spec.constructor)(include_top=False, weights=None, input_shape=shape,
+                                                        **dict(spec.args))
+    assert ours.count_params() == ref.count_params()
+    if spec.args:
+        plain = getattr(keras.applications, spec.constructor)(include_top=False, weights=None, input_shape=shape)
+        assert ours.count_params() != plain.count_params()
+
+
+def _keras_asks_for(spec, size, monkeypatch):
+    """(file name, hash) that keras.applications itself asks get_file for, building `spec` at `size` with imagenet."""
+    import warnings
+
+    import keras
+    from keras.src.utils import file_utils
+
+    asked = []
+
+    def get_file(fname, origin, cache_subdir=None, file_hash=None, **kw):
+        asked.append((fname, file_hash or "", origin))
+        raise StopIteration  # stop before any download
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    with warnings.catch_warnings(), pytest.raises(StopIteration):
+        warnings.simplefilter("ignore")  # Keras warns where it falls back to the 224-px file
+        getattr(keras.applications, spec.constructor)(include_top=False, weights="imagenet",
+                                                      input_shape=(size, size, 3), **dict(spec.args))
+    return asked[0]
+
+
+@pytest.mark.parametrize("name", tiered(MOBILENET))
+def test_weights_file_per_size_follows_keras_own_rule(name, monkeypatch):
+    """At a published size, a size Keras has no file for (it loads the 224-px one) and the default, the file (and
+    hash, and URL) that resolve_weights looks for is the one keras.applications downloads."""
+    spec = backbones.get(name)
+    for size in (128, 100, 224) if spec.weight_sizes else (224, 100):
+        fname, fhash, origin = _keras_asks_for(spec, size, monkeypatch)
+        assert (spec.weights_file(size), spec.notop_hash, spec.url(size)) == (fname, fhash, origin), size
+
+
+def test_the_offline_error_names_the_exact_missing_file(tmp_path, monkeypatch):
+    import keras
+
+    def offline(*a, **k):
+        raise OSError("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    spec = backbones.get("mobilenet_v2_035")
+    with pytest.raises(WorkflowError) as e:
+        backbone.resolve_weights(spec, "imagenet", 160)
+    msg = str(e.value)
+    want = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_160_no_top.h5"
+    assert f"WEIGHTS=imagenet: {want} (mobilenet_v2_035 at 160 px) is not in {tmp_path / 'keras' / 'models'}" in msg
+    assert "MobileNetV2(alpha=0.35, include_top=False, input_shape=(160, 160, 3))" in msg and "\n" not in msg
+    with pytest.raises(WorkflowError, match="mobilenet_2_5_224_tf_no_top.h5 \\(mobilenet_025 at 96 px\\)"):
+        backbone.resolve_weights(backbones.get("mobilenet_025"), "imagenet", 96)  # v1 has no 96-px file
+
+
+@pytest.mark.parametrize("name,widths", [("mobilenet_v2_060", "MobileNetV2 only at alpha 0.35, 0.5, 0.75, 1.0, 1.3"),
+                                         ("mobilenet_035", "MobileNet only at alpha 0.25, 0.5, 0.75, 1.0"),
+                                         ("mobilenet_v3_small_075", "MobileNetV3 only at alpha 1.0")])
+def test_a_width_keras_publishes_no_weights_for_is_refused_in_one_line(name, widths):
+    with pytest.raises(WorkflowError) as e:
+        backbones.get(name)
+    assert f"BACKBONE={name}: Keras publishes ImageNet weights for {widths}" in str(e.value)
+    assert "mobilenet_v2_035" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_empty_layers_with_views_take_the_backbones_cut(tmp_path):
@@ -86,18 +231,18 @@ def test_each_preprocessing_kind_is_registered():
     assert kinds == {backbones.INCEPTION, backbones.CAFFE, backbones.TORCH, backbones.SELF}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", tiered(NAMES))
 def test_wrong_weights_file_with_the_right_name_is_refused(tmp_path, name):
     spec = backbones.get(name)
-    bad = tmp_path / spec.notop_file
+    bad = tmp_path / spec.weights_file(spec.min_size)
     bad.write_bytes(b"not the weights" * 100)
     with pytest.raises(WorkflowError) as e:
-        weights = backbone.resolve_weights(spec, str(bad))
+        weights = backbone.resolve_weights(spec, str(bad), spec.min_size)
         # Keras publishes no hash for this file: loading it is the check, and it must fail as cleanly
         assert not spec.notop_hash
         backbone.build_base(spec, spec.min_size, weights)
     msg = str(e.value)
-    assert str(bad) in msg and spec.notop_file in msg
+    assert str(bad) in msg and spec.weights_file(spec.min_size) in msg
     if spec.notop_hash:
         assert spec.notop_hash in msg and "delete it and fetch it again" in msg and "WEIGHTS=none" in msg
     else:
@@ -139,7 +284,7 @@ def _run(main, argv):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", END_TO_END)
 def test_every_backbone_end_to_end_at_its_minimum_size(name, tmp_path):
     """features -> head -> finetune EPOCHS=1 (equivalence <= 1e-3) -> predict, WEIGHTS=none, PRECISION=float32."""
     from classify.__main__ import main as head_main
@@ -178,6 +323,7 @@ def test_every_backbone_end_to_end_at_its_minimum_size(name, tmp_path):
     meta = read_meta(str(model_dir / "model.keras"))["config"]  # workflow.json names what made the model
     assert (meta["backbone"], meta["image_size"], meta["layer"], meta["weights_sha256"]) == (
         spec.constructor, spec.min_size, spec.feature_layer, metrics["cache"]["weights_sha256"])
+    assert backbones.of_record(meta).name == name  # the exact entry (width) that made the cache
     out = tmp_path / "pred.csv"
     assert _run(predict_main, ["--input", str(test), "--model", str(model_dir / "model.keras"), "--out", str(out),
                                "--precision", "float32"]) == 0
@@ -322,7 +468,7 @@ def test_a_weights_file_loads_into_the_model_with_preprocessing_in_front(name, t
     spec = backbones.get(name)
     shape = (spec.min_size, spec.min_size, 3)
     with _float32():
-        app = getattr(keras.applications, spec.constructor)(include_top=False, weights=None, input_shape=shape)
+        app = backbone.constructor(spec)(include_top=False, weights=None, input_shape=shape)
         path = str(tmp_path / f"{name}.weights.h5")  # not notop_file: no hash to check, loading is the test
         app.save_weights(path)
         base = backbone.build_base(spec, spec.min_size, backbone.resolve_weights(spec, path))

@@ -117,11 +117,14 @@ def test_machine_peaks_are_measured_and_positive():
 
 @pytest.mark.slow
 def test_backbone_bench_short_version(tmp_path):
-    """`make bench`'s per-backbone part at CI size: two backbones at their minimum sizes and their ensemble."""
+    """`make bench`'s per-backbone part at CI size: three backbones at their minimum sizes, in both precisions with
+    PRECISION=auto's pick for each, and an ensemble."""
+    from core.precision import resolve
+
     out, md = tmp_path / "bb.json", tmp_path / "bb.md"
-    r = run_module("bench.backbones", "--names", "inception_v3,resnet50", "--sizes", "min", "--batch", 2,
-                   "--repeats", 1, "--ensemble", "inception_v3,resnet50", "--peak-seconds", 0.2, "--out", out,
-                   "--md", md, timeout=900)
+    r = run_module("bench.backbones", "--names", "inception_v3,resnet50,mobilenet_v2_035", "--sizes", "min",
+                   "--batch", 2, "--repeats", 1, "--ensemble", "inception_v3,resnet50", "--peak-seconds", 0.2,
+                   "--bf16", 1, "--out", out, "--md", md, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert [r["size"] for r in res["backbones"]["inception_v3"]] == [75]
@@ -134,6 +137,10 @@ def test_backbone_bench_short_version(tmp_path):
     assert set(e["members"]) == {"inception_v3", "resnet50"} and e["ensemble_over_sum"] > 0
     assert e["ensemble"]["gflops_per_image"] > res["backbones"]["inception_v3"][0]["gflops_per_image"]
     assert "| inception_v3 | 75 |" in md.read_text() and "Ensemble (" in md.read_text()
+    auto = {n: rows[0]["auto"] for n, rows in res["backbones"].items()}
+    assert auto["mobilenet_v2_035"] == "float32" and auto["inception_v3"] == resolve("auto", "inference", gpu=False)
+    assert all(rows[0]["bf16_speedup"] > 0 for rows in res["backbones"].values())
+    assert "| bf16 / float32 | auto |" in md.read_text()
 
 
 def test_export_section_times_model_keras_and_each_export(cache_path, train_dir, tmp_path):

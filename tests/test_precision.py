@@ -45,6 +45,62 @@ def test_auto_on_this_machine_follows_its_own_cpu_flags():
     assert native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+@pytest.mark.parametrize("name", __import__("extract.backbones", fromlist=["REGISTRY"]).REGISTRY)
+def test_auto_is_decided_per_backbone_and_the_log_line_says_why(name):
+    """On a CPU with native bf16, auto keeps a backbone that make bench measured slower in bf16 (the MobileNets) in
+    float32, and says so; elsewhere nothing changes."""
+    from core.precision import describe, resolve
+    from extract import backbones
+
+    spec = backbones.get(name)
+    bf16_cpu = AVX2_ONLY | {"avx512_bf16"}
+    got = resolve("auto", "inference", flags=bf16_cpu, gpu=False, bf16_loses=spec.bf16_loses)
+    assert got == ("float32" if spec.bf16_slower else "bfloat16")
+    line = describe("auto", got, flags=bf16_cpu, bf16_loses=spec.bf16_loses)
+    assert (f"but make bench measured {name} slower in bf16" in line) == spec.bf16_slower
+    assert resolve("auto", "inference", flags=AVX2_ONLY, gpu=False, bf16_loses=spec.bf16_loses) == "float32"
+    assert resolve("bfloat16", "inference", flags=bf16_cpu, gpu=False, bf16_loses=spec.bf16_loses) == "bfloat16"
+
+
+def test_make_features_plans_auto_per_backbone(tmp_path, monkeypatch):
+    from core.precision import FLAGS_ENV
+    from extract import features
+    from test_backbones import _fixed_inputs
+
+    monkeypatch.setenv(FLAGS_ENV, "avx2,avx512_bf16")
+    data = _fixed_inputs(tmp_path / "d")
+    plans = {n: features.make_plan(features.Settings(data=data, backbone=n, weights="none", precision="auto"))
+             for n in ("inception_v3", "mobilenet_v2_035")}
+    assert plans["inception_v3"].precision == "bfloat16" and plans["mobilenet_v2_035"].precision == "float32"
+    assert "-> float32 for inference" in plans["mobilenet_v2_035"].describe_precision()
+    assert "make bench measured mobilenet_v2_035 slower in bf16" in plans["mobilenet_v2_035"].describe_precision()
+    ens = features.make_plan(features.Settings(data=data, backbones="inception_v3:75,mobilenet_025:32",
+                                               weights="none", precision="auto"))
+    assert ens.precision == "float32"  # one member loses in bf16: the trunk runs in float32
+
+
+def test_the_bench_confirms_auto_for_every_registered_backbone():
+    """docs/bench_precision.json (make bench's per-backbone table, both precisions, on a CPU with native bf16):
+    every entry is there, and what auto picks for it today is the faster of the two as measured (or a tie)."""
+    from bench.backbones import NOISE
+    from conftest import ROOT
+    from core.precision import resolve
+    from extract import backbones
+
+    with open(os.path.join(ROOT, "docs", "bench_precision.json")) as f:
+        bench = json.load(f)
+    assert bench["bf16"] and bench["cpu_bf16_flags"], "the table must come from a CPU with native bf16"
+    assert set(bench["backbones"]) == set(backbones.REGISTRY)
+    for name, rows in bench["backbones"].items():
+        spec = backbones.get(name)
+        auto = resolve("auto", "inference", flags=set(bench["cpu_bf16_flags"]), gpu=False,
+                       bf16_loses=spec.bf16_loses)
+        for r in rows:
+            ratio = r["bf16_speedup"]
+            faster = "bfloat16" if ratio > 1 else "float32"
+            assert auto == faster or abs(ratio - 1) <= NOISE, (name, r["size"], ratio, auto)
+
+
 def test_precision_cpu_flags_plays_either_kind_of_cpu(monkeypatch):
     from core.precision import FLAGS_ENV, cpu_flags, describe, resolve
 
