@@ -45,11 +45,14 @@ def small_dataset(f, name, data, dtype=None):
                             maxshape=(None,) + data.shape[1:], fletcher32=True)
 
 
-def inputs_table(f, paths, sizes):
-    """`inputs/path`, `inputs/size`: every input file (relative path, bytes), in input order, cached or skipped.
-    Not identity (the fingerprint covers them): what lets a stale cache say which files changed."""
+def inputs_table(f, paths, sizes, hashes=None):
+    """`inputs/path`, `inputs/size` (and `inputs/sha256` under VERIFY=content): every input file, in input order,
+    cached or skipped. Not identity (the fingerprint covers them): what lets a stale cache say which files changed,
+    and an update find the files it has already extracted."""
     small_dataset(f, "inputs/path", *fixed_strings(list(paths)))
     small_dataset(f, "inputs/size", np.asarray(sizes, np.int64))
+    if hashes:
+        small_dataset(f, "inputs/sha256", *fixed_strings(list(hashes)))
 
 
 SEAL = "attrs_seal"  # an integer attribute: stored inline in the (checksummed) attribute message

@@ -141,7 +141,8 @@ def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     if state not in ("missing", "up-to-date"):
         why = (stale_reason(s.features, config, dict(zip(imgs.paths, run_plan.sizes))) if state == "stale"
                else "damaged?")
-        print(f"{s.features}: {state} ({why}); rebuilding from shards")
+        print(f"{s.features}: {state} ({why}); rebuilding from shards (ENGINE=ray recomputes whole shards; "
+              f"ENGINE=local extracts only new or changed images)")
     for k, why in todo.items():
         if why != "missing":
             print(f"{shard_path(s.features, k)}: {why}; recomputing it")
