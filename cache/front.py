@@ -12,13 +12,12 @@ Rows the view leaves out (EXCLUDE, removed or changed images) stay in their segm
 """
 import json
 import os
-import time
 
 import h5py
 import numpy as np
 
 from .format import VIEWS_EVERY_ROW, WriteSummary, chunk_rows_for, partial_path, write_attrs
-from .integrity import LIBVER, fixed_strings, inputs_table, seal_attrs, small_dataset
+from .integrity import LIBVER, fixed_strings, inputs_table, small_dataset, write_footer
 
 
 
@@ -90,11 +89,7 @@ def write_front(features, config: dict, fp: str, provenance: dict, segments: lis
         # `shard_files`: what open_cache checks before any read (cache/shards.check_sources), as for ENGINE=ray.
         f.attrs["shard_files"] = json.dumps([{k: s[k] for k in ("file", "fingerprint", "rows")} for s in segments])
         f.attrs["changes"] = json.dumps(changes)
-        f.attrs["n_rows"] = n
-        f.attrs["n_skipped"] = len(skipped)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["complete"] = True
-        seal_attrs(f)
+        write_footer(f, n, len(skipped))
     os.replace(tmp, features)
     return WriteSummary(features, n, [tuple(r) for r in skipped.tolist()])
 

@@ -79,6 +79,18 @@ def seal_attrs(f):
     f.attrs[SEAL] = np.int64(_attrs_digest(f))
 
 
+def write_footer(f, n_rows: int, n_skipped: int):
+    """The last attributes of every cache file (single, sharded front, updated front): its counts, the time, complete,
+    then the seal over all of them."""
+    import time
+
+    f.attrs["n_rows"] = n_rows
+    f.attrs["n_skipped"] = n_skipped
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["complete"] = True
+    seal_attrs(f)
+
+
 def check_attrs(f, path, fix="make features"):
     """Raise CacheCorrupt unless the root attributes still match the digest `seal_attrs` recorded."""
     if SEAL not in f.attrs or int(f.attrs[SEAL]) != _attrs_digest(f):

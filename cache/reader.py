@@ -224,10 +224,14 @@ def cache_state(path, fp: str) -> str:
                   and f.attrs.get("format_version") == FORMAT_VERSION)
             if ok and f.attrs.get("fingerprint") == fp:
                 check_attrs(f, path)  # damaged attributes: rebuild (damaged data is found by the readers)
+                if "shard_files" in f.attrs:  # a front file is only as whole as its segments or shards
+                    check_sources(path, json.loads(f.attrs["shard_files"]))
                 return "up-to-date"
             return "stale"
     except (OSError, KeyError, RuntimeError, CacheCorrupt):
         return "unreadable"
+    except CacheIncomplete:
+        return "stale"
 
 
 # Keys whose change is said by the input files' counts (or, for hashes, in two words), not by their values.

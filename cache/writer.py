@@ -25,7 +25,6 @@ committed and compacted with the rows themselves. Caches written before that hol
 import os
 import queue
 import threading
-import time
 
 import h5py
 import numpy as np
@@ -33,7 +32,7 @@ import numpy as np
 from .format import FORMAT, REASON_BYTES, VIEWS_EVERY_ROW, WriteSummary, chunk_rows_for, fingerprint, \
     partial_path, write_attrs
 from .integrity import (LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, inputs_table, is_damage,
-                        seal_attrs, small_dataset, torn_chunks, write_empty_chunk)
+                        small_dataset, torn_chunks, write_empty_chunk, write_footer)
 
 def _early_dcpl():
     # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
@@ -224,11 +223,7 @@ class CacheWriter:
         if self.input_sizes is not None:
             inputs_table(f, self.paths, self.input_sizes, self.input_hashes)
         del f["_progress"]
-        f.attrs["n_rows"] = n_rows
-        f.attrs["n_skipped"] = len(skipped)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["complete"] = True
-        seal_attrs(f)
+        write_footer(f, n_rows, len(skipped))
         f.flush()
         f.close()
         self.f = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache import (SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
+from cache import (SPLIT_NONE, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
                    stale_reason)
 from cache.writer import damaged_path
 from core import WorkflowError, precision, space
@@ -306,6 +306,7 @@ def extract_features(plan: Plan) -> int:
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
         config.update(identity)
+    config = update.adopt_views_seed(s.features, config)
     if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         return 0
     old, why = update.reusable(s.features, config, s.precision)
@@ -338,7 +339,7 @@ def write_cache(plan: Plan, imgs, out, config: dict, split, excluded=(), hashes=
         view_shapes = {l: shapes[l] for l in plan.view_layers}
         # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
-                                        s.aug_views, s.seed, s.batch)
+                                        s.aug_views, config["augmentation"]["seed"], s.batch)
     sizes = verify.input_sizes(imgs.root, imgs.paths)
     writer = CacheWriter(out, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
                          view_shapes=view_shapes, n_views=s.aug_views, input_sizes=sizes, input_hashes=hashes)

@@ -32,7 +32,7 @@ from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manife
 from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
-from extract import backbone, backbones, images, verify
+from extract import backbone, backbones, images, update, verify
 from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, resume_line,
                               run_extraction, split_of, write_skipped)
 
@@ -181,6 +181,7 @@ def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
+    update.drop_segments(s.features)  # segments of an ENGINE=local update of this cache: the shards hold every row
 
     skipped_txt = write_skipped(s.features, summary.skipped)
     n_img = sum(r["images"] for r in results)

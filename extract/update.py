@@ -4,12 +4,14 @@ Reads the complete cache at FEATURES and DATA. Writes one new segment (the new a
 is anything to extract, then FEATURES as a front file over every segment (cache/front.py), through a rename.
 Example: python -m extract --data data/train --features artifacts/features.h5 --exclude label_issues.csv
 
-A cache has two identities (README "Stage 1"):
+A cache has three identities (docs/updates.md):
 - its *features*: the backbone or ensemble, the weights, the image size, resize, layers, views, an explicit
   PRECISION and dtype. A change rebuilds every row, as before;
-- its *rows*: each image's relative path and size. Labels, class names, the split and EXCLUDE are a view over them.
+- each *row*: the image's relative path and size (and sha256 under VERIFY=content);
+- the *view* over the rows: labels, class names, the split, EXCLUDE and RELABEL.
 So a new image is extracted alone, a removed one loses its row without a forward pass, a changed one (same path,
-other size) is extracted again, and EXCLUDE, LABELS, VAL_SPLIT and SEED rewrite the view without any forward pass.
+other bytes) is extracted again, and EXCLUDE, LABELS, RELABEL, VAL_SPLIT and SEED rewrite the view without any
+forward pass.
 """
 import json
 import os
@@ -32,8 +34,27 @@ ROW_KEYS = ("verify", "n_inputs", "inputs_fingerprint")
 
 
 def feature_identity(config: dict) -> dict:
-    """The part of a cache's config that decides each row's features (precision aside: see `compatible`)."""
-    return {k: v for k, v in config.items() if k not in VIEW_KEYS + ROW_KEYS + ("precision",)}
+    """The part of a cache's config that decides each row's features (precision aside: see `compatible`). The views'
+    seed is not part of it: views drawn with another seed are views all the same (see `adopt_views_seed`)."""
+    out = {k: v for k, v in config.items() if k not in VIEW_KEYS + ROW_KEYS + ("precision",)}
+    if "augmentation" in out:
+        out["augmentation"] = {k: v for k, v in out["augmentation"].items() if k != "seed"}
+    return out
+
+
+def adopt_views_seed(features, config: dict) -> dict:
+    """`config` with the views' seed of the cache at FEATURES where it can keep that cache's rows: SEED then redraws
+    the split alone, and the new images' views are drawn as the old ones were (extract/views.py)."""
+    if "augmentation" not in config or not os.path.exists(features):
+        return config
+    try:
+        with open_cache(features) as cache:
+            old = json.loads(cache.f.attrs["config"])
+    except WorkflowError:
+        return config
+    if "augmentation" in old and feature_identity(old) == feature_identity(config):
+        return {**config, "augmentation": {**config["augmentation"], "seed": old["augmentation"]["seed"]}}
+    return config
 
 
 def compatible(old: dict, new: dict, requested: str) -> bool:

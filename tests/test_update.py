@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache, partial_path
+from cache import SPLIT_TRAIN, SPLIT_VAL, open_cache
 from conftest import assert_user_error, extract_args, head_args, run_module
 from extract import pipeline, splits
 from extract.synth import make_dataset
@@ -141,6 +141,7 @@ def test_a_sigkill_mid_update_leaves_the_old_cache_and_the_rerun_finishes_it(bas
     assert len(_rows(out)) == 80
 
 
+@pytest.mark.slow
 def test_a_head_trained_before_an_add_is_stale_and_says_what_changed(base, tmp_path, capsys):
     data, out = base
     head_dir = tmp_path / "head"
@@ -155,6 +156,7 @@ def test_a_head_trained_before_an_add_is_stale_and_says_what_changed(base, tmp_p
     assert r.returncode == 0 and f"{head_dir}: stale (FEATURES changed since: 4 new); retraining" in r.stdout
 
 
+@pytest.mark.slow
 def test_views_and_ensemble_caches_update_incrementally(tmp_path, capsys, seen):
     data = tmp_path / "d"
     make_dataset(data, n=24, layout="kaggle", seed=5, junk=False)
@@ -176,6 +178,11 @@ def test_views_and_ensemble_caches_update_incrementally(tmp_path, capsys, seen):
     line = _extract(data, views, capsys, "--layers", "mixed7,mixed6", "--aug-views", "1", "--val-split", "0.4")
     with open_cache(views) as c:  # rows that were val have views too: a new split needs no forward pass
         assert not seen and np.isfinite(c.read_views(c.rows(SPLIT_TRAIN), 0, layer="mixed6")).all(), line
+    line = _extract(data, views, capsys, "--layers", "mixed7,mixed6", "--aug-views", "1", "--val-split", "0.4",
+                    "--seed", "3")  # SEED too: the views keep the seed they were drawn with
+    assert not seen and "27 rows kept, 0 new" in line, line
+    assert "up to date" in _extract(data, views, capsys, "--layers", "mixed7,mixed6", "--aug-views", "1",
+                                    "--val-split", "0.4", "--seed", "3")
     assert main(["--data", str(data), "--features", str(ens), "--backbones", "inception_v3:75,resnet50:32",
                  "--weights", "none", "--batch", "8", "--precision", "float32"]) == 0
     assert "24 rows kept, 3 new" in capsys.readouterr().out and len(seen) == 3
@@ -211,3 +218,24 @@ def test_the_split_rule_holds_still_under_adds_and_removals():
         for c in range(3):
             share = (split[labels == c] == SPLIT_VAL).mean()
             assert abs(share - 0.2) <= 0.01 or abs(share * (labels == c).sum() - 0.2 * (labels == c).sum()) <= 1, share
+
+
+@pytest.mark.slow
+def test_a_missing_segment_or_old_views_rebuild_the_cache_in_one_line(base, capsys, seen):
+    data, out = base
+    _add(data, 2, 12, 5000)
+    _extract(data, out, capsys)
+    os.remove(str(out).replace(".h5", ".seg-0001.h5"))
+    seen.clear()
+    line = _extract(data, out, capsys)
+    assert "rebuilding" in line and len(seen) == 43, line  # 42 images and the broken one, all of them again
+    assert not [p for p in os.listdir(out.parent) if ".seg-" in p]  # the rebuilt file holds every row itself
+    views = out.parent / "v.h5"
+    _extract(data, views, capsys, "--layers", "mixed7,mixed6", "--aug-views", "1")
+    with h5py.File(views, "r+") as f:  # as a cache written before views held every row
+        from cache.format import VIEWS_TRAIN_ROWS
+
+        f["views/mixed6"].attrs["rows"] = VIEWS_TRAIN_ROWS
+    _add(data, 2, 13, 6000)
+    line = _extract(data, views, capsys, "--layers", "mixed7,mixed6", "--aug-views", "1")
+    assert "its views cover train rows only (written before updates existed), so it is rebuilt once" in line, line
