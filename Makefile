@@ -91,6 +91,8 @@ SCALE_N ?=
 REPORT_DIR ?= artifacts/report
 TOP_N ?= 24
 EXCLUDE ?=
+# a CSV of path,label rows overriding those images' labels (make report writes label_fixes.csv in that format)
+RELABEL ?=
 # --- demo ---------------------------------------------------------------------------------------------------
 # classes of `make demo` (2: the Kaggle cat/dog layout and a submission; K > 2: K class folders, no submission)
 CLASSES ?= 2
@@ -115,7 +117,7 @@ help:
 	@echo "  FORMAT=$(FORMAT) EXPORT_DIR=$(EXPORT_DIR) QUANTIZE=$(QUANTIZE)"
 	@echo "  PREDICTIONS=$(PREDICTIONS) SUBMISSION=$(SUBMISSION) ZIP=$(ZIP) BENCH_N=$(BENCH_N) SCALE_N=$(SCALE_N)"
 	@echo "  HEAD=$(HEAD) UNITS=$(UNITS) DROPOUT=$(DROPOUT) SWEEP_DIR=$(SWEEP_DIR) TRIALS=$(TRIALS) TIMEOUT=$(TIMEOUT) STORAGE=$(STORAGE)"
-	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE) LABELS=$(LABELS) CLASSES=$(CLASSES)"
+	@echo "  CALIBRATE=$(CALIBRATE) TTA=$(TTA) CLIP=$(CLIP) REPORT_DIR=$(REPORT_DIR) TOP_N=$(TOP_N) EXCLUDE=$(EXCLUDE) RELABEL=$(RELABEL) LABELS=$(LABELS) CLASSES=$(CLASSES)"
 	@echo "  BATCH, EPOCHS, LR: per stage when empty (python -m <stage> --help)"
 
 $(BASE_STAMP): requirements.txt constraints.txt
@@ -156,11 +158,11 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory report DATA=$(DEMO_DIR)/train FEATURES=$(DEMO_ART)/features.h5 HEAD_DIR=$(DEMO_ART)/head MODEL_DIR=$(DEMO_ART)/finetune REPORT_DIR=$(DEMO_ART)/report
 	@echo "demo done: artifacts in $(DEMO_ART)/; open $(DEMO_ART)/report/report.html in a browser"
 
-## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; LABELS=csv; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv)
+## features: stage 1, cache BACKBONE's LAYERS of DATA into FEATURES (resumable; changed data: only the difference; LABELS=csv; AUG_VIEWS=K; ENGINE=ray SHARDS=N; EXCLUDE=csv; RELABEL=csv)
 features: $(STAMP) $(if $(filter ray,$(ENGINE)),$(SCALE_STAMP))
 	$(PY) -m extract --data $(DATA) --features $(FEATURES) --backbone $(BACKBONE) $(call opt,--backbones,$(BACKBONES)) $(call opt,--img-size,$(IMG_SIZE)) $(call opt,--layers,$(LAYERS)) \
 	  --weights $(WEIGHTS) --val-split $(VAL_SPLIT) --seed $(SEED) --dtype $(DTYPE) --aug-views $(AUG_VIEWS) \
-	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE)) $(call opt,--labels,$(LABELS))
+	  --engine $(ENGINE) --shards $(SHARDS) --verify $(VERIFY) --precision $(or $(PRECISION),auto) $(call opt,--batch,$(BATCH)) $(call opt,--exclude,$(EXCLUDE)) $(call opt,--labels,$(LABELS)) $(call opt,--relabel,$(RELABEL))
 
 ## head: stage 2, train the dense head + logistic-regression baseline on FEATURES into HEAD_DIR
 head: $(STAMP)

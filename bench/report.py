@@ -81,6 +81,8 @@ def markdown(res) -> str:
                  f"{c0['bytes'] / 1e6:.0f} vs {cd['bytes'] / 1e6:.0f} MB written in {c0['seconds']:.1f} vs "
                  f"{cd['seconds']:.1f} s; wall per epoch {c0['wall_s_per_epoch']:.2f} vs {cd['wall_s_per_epoch']:.2f} s "
                  f"({cd['epochs']} epochs) | reported | |")
+    if "updates" in res:
+        lines.append(update_row(res["updates"]))
     lines += limits_rows(res)
     spent = ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
     lines.append(f"| wall seconds per part | {spent} | | |")
@@ -124,3 +126,14 @@ def limits_rows(res) -> list:
                 f"log loss {c['head_float32']['val_log_loss']:.4f} vs {c['head_bfloat16']['val_log_loss']:.4f} "
                 f"(float32 vs bfloat16) | reported | |")
     return rows
+
+
+def update_row(u: dict) -> str:
+    """The incremental cache's figures (bench/updates.py) as one table row."""
+    st = u["steps"]
+    parts = ", ".join(f"{k} {v['wall_s']:.1f} s ({v['forward_images']} forward, {v['peak_rss_mib']:.0f} MiB)"
+                      for k, v in st.items())
+    met = "yes" if all(u["targets"].values()) else "NO: " + ", ".join(k for k, v in u["targets"].items() if not v)
+    return (f"| `make features` updates on {u['images']:,} images | {parts}; add 1% / full = "
+            f"{u['add_1pct_over_full']:.3f} | add 1% <= 2% of full + 5 s; EXCLUDE, RELABEL, SEED <= 5 s, 0 forward | "
+            f"{met} |")

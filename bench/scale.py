@@ -322,6 +322,11 @@ def _run(o: ScaleOptions) -> dict:
         res["sweep"] = {**r["result"], "peak_rss_mib": r["peak_rss_mib"], "rows": o.n}
     with section(res, "cached_finetune"):
         res["cached_finetune"] = finetune_part(o, sets, bf16)
+    with section(res, "updates"):  # the incremental cache at both sizes (bench/updates.py): RSS flat in the rows
+        from .updates import updates_section
+
+        res["updates"] = {name: updates_section(root, w(f"updates-{name}"), o.img_size, 32)
+                          for name, (_, root, _) in sets.items()}
     with section(res, "finetune_small_bench"):
         res["finetune_small_bench"] = in_child(ft_small_bench, w("ft-small"), o.ft_n, o.img_size, o.ft_batch,
                                                    o.mem_budget)["result"]

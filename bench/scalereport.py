@@ -83,6 +83,11 @@ def markdown(res) -> str:
                       f"rows/s: trial-rows"))
     for name, f in res["cached_finetune"].items():
         lines.append(_row(f"cached fine-tuning, {name}", f, f"per epoch; {f['precision']}"))
+    if "updates" in res:  # older runs predate the incremental cache
+        from .report import update_row
+
+        lines += ["", "| updates | figures | targets | met |", "|---|---|---|---|"]
+        lines += [update_row(u) for u in res["updates"].values()]
     p, rf = res["scale_penalty"], res["roofline"]
     cv = rf["cached_vs_end_to_end"]
     lines += ["", f"scale_penalty (seconds per train row at {c['n']:,} over {c['small']:,} images, target "

@@ -27,7 +27,7 @@ from core.runs import DEFAULT_CHECKPOINT_S
 from extract import images
 from extract.synth import make_dataset
 
-from . import exports, finetuning as bft, iteration, limits, stages
+from . import exports, finetuning as bft, iteration, limits, stages, updates
 from .peaks import machine_peaks
 from .profile import flop_ceiling
 from .report import check, markdown
@@ -196,6 +196,8 @@ def _run(a: Options) -> int:
         res["exports"] = exports.exports_section(cache32, os.path.join(work, "head-float32"), data,
                                                  os.path.join(work, "exports"), a.repeats,
                                                  exports.parse_exports(a.exports))
+    with section("updates"):  # the incremental cache against a full extraction (bench/updates.py)
+        res["updates"] = updates.updates_section(data, os.path.join(work, "updates"), a.img_size, a.batch)
     with section("checksums"):
         res["checksums"] = checksum_cost(repeats=a.repeats, folder=work)
         res["checksum_read_cost"] = res["checksums"]["checksum_read_cost"]

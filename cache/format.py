@@ -14,6 +14,9 @@ FORMAT = "dogcat-feature-cache"
 FORMAT_VERSION = 2  # 2: Fletcher32 on every dataset, checksummed metadata, fixed-length strings, sealed attributes
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_NONE = 0, 1, -1
 CHUNK_BYTES = 4 << 20  # ~4 MiB row chunks: big sequential reads, few chunk-index entries
+# views/<layer>'s `rows` attribute: which rows it holds. Caches written before updates existed hold train rows only.
+VIEWS_EVERY_ROW = "every row, in row order (val rows too: a new split needs no forward pass)"
+VIEWS_TRAIN_ROWS = "train rows only, in row order; FeatureCache.view_rows maps a row to its entry"
 REASON_BYTES = 160  # skip reasons are short ("cannot identify image file"); fixed width keeps commits in place
 
 

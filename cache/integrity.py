@@ -45,11 +45,14 @@ def small_dataset(f, name, data, dtype=None):
                             maxshape=(None,) + data.shape[1:], fletcher32=True)
 
 
-def inputs_table(f, paths, sizes):
-    """`inputs/path`, `inputs/size`: every input file (relative path, bytes), in input order, cached or skipped.
-    Not identity (the fingerprint covers them): what lets a stale cache say which files changed."""
+def inputs_table(f, paths, sizes, hashes=None):
+    """`inputs/path`, `inputs/size` (and `inputs/sha256` under VERIFY=content): every input file, in input order,
+    cached or skipped. Not identity (the fingerprint covers them): what lets a stale cache say which files changed,
+    and an update find the files it has already extracted."""
     small_dataset(f, "inputs/path", *fixed_strings(list(paths)))
     small_dataset(f, "inputs/size", np.asarray(sizes, np.int64))
+    if hashes:
+        small_dataset(f, "inputs/sha256", *fixed_strings(list(hashes)))
 
 
 SEAL = "attrs_seal"  # an integer attribute: stored inline in the (checksummed) attribute message
@@ -74,6 +77,18 @@ def seal_attrs(f):
     heap, which has no checksum; the digest, an integer, lives in a checksummed attribute message.
     """
     f.attrs[SEAL] = np.int64(_attrs_digest(f))
+
+
+def write_footer(f, n_rows: int, n_skipped: int):
+    """The last attributes of every cache file (single, sharded front, updated front): its counts, the time, complete,
+    then the seal over all of them."""
+    import time
+
+    f.attrs["n_rows"] = n_rows
+    f.attrs["n_skipped"] = n_skipped
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    f.attrs["complete"] = True
+    seal_attrs(f)
 
 
 def check_attrs(f, path, fix="make features"):

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from .errors import CacheIncomplete, CacheMismatch
-from .format import FORMAT, FORMAT_VERSION, SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, partial_path
+from .format import FORMAT, FORMAT_VERSION, SPLIT_NONE, SPLIT_TRAIN, SPLIT_VAL, VIEWS_EVERY_ROW, partial_path
 from .integrity import CacheCorrupt, check_attrs, reading
 from .shards import check_sources
 
@@ -44,9 +44,12 @@ class FeatureCache:
         self.paths = [p.decode() if isinstance(p, bytes) else p for p in self.f["paths"][:]]
         self.skipped = [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in self.f["skipped"][:]]
         self.view_layers = sorted(self.f["views"]) if "views" in self.f else []
-        # views/<layer> holds the train rows only, in row order: entry of row r, or -1 for a row without views.
+        # The views entry of row r, or -1 for a row whose views are not read (val, unlabelled): views/<layer> holds
+        # every row (VIEWS_EVERY_ROW), or, in caches written before updates existed, train rows only, in row order.
         is_train = self.split == SPLIT_TRAIN
-        self.view_rows = np.where(is_train, np.cumsum(is_train) - 1, -1)
+        every = all(self.f[f"views/{l}"].attrs.get("rows") == VIEWS_EVERY_ROW for l in self.view_layers)
+        self.view_rows = np.where(is_train, np.arange(len(is_train)) if every else np.cumsum(is_train) - 1, -1)
+        self.views_every_row = every and bool(self.view_layers)
 
     def __len__(self):
         return len(self.labels)
@@ -124,7 +127,8 @@ class FeatureCache:
         if ((view_idx < 0) | (view_idx >= ds.shape[1])).any():
             raise ValueError(f"view_idx must be in 0..{ds.shape[1] - 1}, got {sorted(set(view_idx.tolist()))}")
         out = np.empty((len(rows),) + ds.shape[2:], dtype)
-        cr = ds.chunks[1] == 1 and ds.chunks[0]
+        # A front file's views are virtual (no chunks of their own): it records the row block to read at a time.
+        cr = int(ds.attrs["chunk_rows"]) if ds.chunks is None else ds.chunks[1] == 1 and ds.chunks[0]
         assert cr, "views/<layer> is chunked one view per chunk (CacheWriter)"
         # Whole (chunk, view) slabs, as `read`: one contiguous read each. Listing rows instead (h5py point
         # selections) measured 30x slower for a 4 MiB chunk, though it reads fewer bytes.
@@ -135,6 +139,19 @@ class FeatureCache:
             block = ds[c * cr:min((c + 1) * cr, ds.shape[0]), v]
             out[sel] = block[pos[sel] - c * cr]
         return out
+
+    def changes_since(self, fp: str) -> str:
+        """What `make features` updates changed since this cache had fingerprint `fp`, in words ('100 new, 131
+        excluded'); '' when no recorded update leads from `fp` (another cache, or one rebuilt since)."""
+        from .front import changes_since
+
+        return changes_since(self, fp)
+
+    def stale_words(self, fp: str) -> str:
+        """Why an artifact made from the cache with fingerprint `fp` is stale, for its one line."""
+        changed = self.changes_since(fp)
+        return (f"FEATURES changed since: {changed}" if changed
+                else f"fingerprint {fp[:12]}, FEATURES has {self.fingerprint[:12]}")
 
     def input_paths(self) -> list:
         """Every input the cache was built from (cached or skipped), as relative paths in input order."""
@@ -207,10 +224,14 @@ def cache_state(path, fp: str) -> str:
                   and f.attrs.get("format_version") == FORMAT_VERSION)
             if ok and f.attrs.get("fingerprint") == fp:
                 check_attrs(f, path)  # damaged attributes: rebuild (damaged data is found by the readers)
+                if "shard_files" in f.attrs:  # a front file is only as whole as its segments or shards
+                    check_sources(path, json.loads(f.attrs["shard_files"]))
                 return "up-to-date"
             return "stale"
     except (OSError, KeyError, RuntimeError, CacheCorrupt):
         return "unreadable"
+    except CacheIncomplete:
+        return "stale"
 
 
 # Keys whose change is said by the input files' counts (or, for hashes, in two words), not by their values.

@@ -12,7 +12,6 @@ take a hole for features.
 """
 import json
 import os
-import time
 
 import h5py
 import numpy as np
@@ -21,7 +20,7 @@ from .errors import CacheIncomplete, WorkflowError
 from core.files import file_hash
 
 from .format import FORMAT, WriteSummary, chunk_rows_for, partial_path, write_attrs
-from .integrity import LIBVER, fixed_strings, inputs_table, seal_attrs, small_dataset
+from .integrity import LIBVER, fixed_strings, inputs_table, small_dataset, write_footer
 
 MANIFEST_VERSION = 1
 
@@ -135,11 +134,7 @@ def write_front(features, config: dict, fp: str, provenance: dict, entries, inpu
             inputs_table(f, *inputs)
         f.attrs["shard_files"] = json.dumps([{k: e[k] for k in ("file", "fingerprint", "rows")} for e in entries])
         f.attrs["manifest"] = os.path.basename(manifest_path(features))
-        f.attrs["n_rows"] = n
-        f.attrs["n_skipped"] = len(skipped)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["complete"] = True
-        seal_attrs(f)
+        write_footer(f, n, len(skipped))
     os.replace(tmp, features)
     return WriteSummary(features, n, [tuple(x.decode() if isinstance(x, bytes) else x for x in row) for row in skipped])
 
@@ -155,9 +150,11 @@ def check_sources(path, shards, fix="make features"):
     manifest's sha256 before it trusts a shard.
     """
     folder = os.path.dirname(os.path.abspath(str(path)))
-    redo = f"rerun `{fix} ENGINE=ray SHARDS={len(shards)} FEATURES={path}` to recompute it"
     for s in shards:
         src = os.path.join(folder, s["file"])
+        # A segment of an updated cache (cache/front.py) is redone by a rebuild, a shard by ENGINE=ray.
+        redo = (f"rerun `{fix} FEATURES={path}` to rebuild the cache" if ".seg-" in s["file"] else
+                f"rerun `{fix} ENGINE=ray SHARDS={len(shards)} FEATURES={path}` to recompute it")
         if not os.path.exists(src):
             raise CacheIncomplete(f"{path}: shard {src} is missing, so its rows would read as fill values; {redo}")
         try:

@@ -18,21 +18,21 @@ no commit point aligns them all, and verifying a few chunks once per resume cost
 A partial whose structure is damaged (superblock, object headers, chunk index) is set aside as
 `<path>.partial.damaged` and the run starts over.
 
-Augmented views (`make features AUG_VIEWS=K`, extract/views.py) go to `views/<layer>`, (n_train, K, h, w, c): one
-entry per train row, in row order, allocated, committed and compacted with the rows themselves.
+Augmented views (`make features AUG_VIEWS=K`, extract/views.py) go to `views/<layer>`, (n_rows, K, h, w, c): one
+entry per row, val rows included (so that a new split needs no forward pass: extract/update.py), allocated,
+committed and compacted with the rows themselves. Caches written before that hold train rows' views only.
 """
 import os
 import queue
 import threading
-import time
 
 import h5py
 import numpy as np
 
-from .format import FORMAT, REASON_BYTES, SPLIT_TRAIN, WriteSummary, chunk_rows_for, fingerprint, partial_path, \
-    write_attrs
+from .format import FORMAT, REASON_BYTES, VIEWS_EVERY_ROW, WriteSummary, chunk_rows_for, fingerprint, \
+    partial_path, write_attrs
 from .integrity import (LIBVER, clear_write_flags, fixed_strings, fletcher32_dcpl, inputs_table, is_damage,
-                        seal_attrs, small_dataset, torn_chunks, write_empty_chunk)
+                        small_dataset, torn_chunks, write_empty_chunk, write_footer)
 
 def _early_dcpl():
     # Allocate every chunk at creation and never write fill values: later writes then change raw data only,
@@ -50,7 +50,7 @@ class CacheWriter:
     """Resumable, append-only writer of one cache file (see module docstring for the commit protocol)."""
 
     def __init__(self, path, config: dict, paths, labels, split, layer_shapes: dict, dtype="float32",
-                 provenance=None, view_shapes=None, n_views=0, input_sizes=None):
+                 provenance=None, view_shapes=None, n_views=0, input_sizes=None, input_hashes=None):
         self.path, self.tmp = str(path), partial_path(path)
         self.config = dict(config)  # identity: its fingerprint decides resume / up-to-date / stale
         self.provenance = dict(provenance or {})  # recorded, not identity: versions, backbone digest
@@ -59,13 +59,12 @@ class CacheWriter:
         self.labels = np.asarray(labels, np.int8)
         self.split = np.asarray(split, np.int8)
         self.input_sizes = input_sizes  # bytes of each input, in order: recorded as `inputs/` (None: not recorded)
+        self.input_hashes = input_hashes  # sha256 of each input under VERIFY=content, recorded beside them
         self.layer_shapes = {k: tuple(int(d) for d in v) for k, v in layer_shapes.items()}
         self.dtype = np.dtype(dtype)
-        # K augmented views per train row at these layers; val and unlabelled rows get none (they are never
-        # augmented), so the views datasets hold only train rows, in row order.
+        # K augmented views per row at these layers (val rows too: a later split may make them train rows).
         self.view_shapes = {k: tuple(int(d) for d in v) for k, v in (view_shapes or {}).items()}
         self.n_views = int(n_views) if self.view_shapes else 0
-        self.views_done = 0  # view entries committed: the train rows among the committed rows
         self.f = None
         self.note, self.resumed = "", False  # what `start` repaired or set aside, in words; whether it resumed
 
@@ -82,8 +81,10 @@ class CacheWriter:
                 self.f = h5py.File(self.tmp, "r+", libver=LIBVER)
                 # `_progress` goes during finalize: a partial without it was killed there, and is redone whole.
                 a = self.f.attrs
+                # A partial from before views held every row cannot take this writer's view commits: redone whole.
                 if (a.get("fingerprint") == self.fp and a.get("format") == FORMAT and "_progress" in self.f
-                        and "inputs_committed" in a):
+                        and "inputs_committed" in a
+                        and all(self.f[f"views/{n}"].attrs.get("rows") == VIEWS_EVERY_ROW for n in self.view_shapes)):
                     self.resumed = True
                     return self._resume()
                 self.close()
@@ -116,18 +117,10 @@ class CacheWriter:
             elif bad:  # inputs from the torn chunk on are redone, and with them the rows that hold them
                 cut = min(cut, int(np.searchsorted(row_input[:cut], bad[0][0])))
         rows = row_input[:cut] if cut else np.zeros(0, np.int64)
-        for name in self.layer_shapes:
-            ds = f[f"layers/{name}"]
+        for ds in [f[f"layers/{name}"] for name in self.layer_shapes] + [f[f"views/{n}"] for n in self.view_shapes]:
             bad = torn_chunks(ds, cut, r0 + span)
             torn += [(ds, o) for o in bad]
             cut = min([cut] + [o[0] for o in bad])
-        train_rows = np.flatnonzero(self.split[rows] == SPLIT_TRAIN)
-        v0 = len(train_rows)
-        for name in self.view_shapes:  # views/<layer> holds train rows only: entry e is row train_rows[e]
-            ds = f[f"views/{name}"]
-            bad = torn_chunks(ds, v0, v0 + (r0 - len(rows)) + span)
-            torn += [(ds, o) for o in bad]
-            cut = min([cut] + [int(train_rows[o[0]]) for o in bad if o[0] < v0])
         if cut < r0:
             # Counters first, and the verified span widened to the old one's end: a kill before the repairs below
             # are flushed leaves every torn chunk inside the next resume's window (repairs first would hide them).
@@ -141,8 +134,6 @@ class CacheWriter:
         for ds, origin in torn:  # whole-chunk writes: valid checksummed bytes, never a read of the torn ones
             write_empty_chunk(ds, origin)
         f.flush()
-        if self.view_shapes:  # derived, not stored: no third counter to commit
-            self.views_done = int((train_rows < cut).sum())
         return i0
 
     def _create(self):
@@ -157,15 +148,13 @@ class CacheWriter:
             cr = chunk_rows_for(shape, self.dtype)
             f.create_dataset(f"layers/{name}", shape=(max(n, 1),) + shape, maxshape=(max(n, 1),) + shape,
                              chunks=(min(cr, max(n, 1)),) + shape, dtype=self.dtype, dcpl=_early_dcpl())
-        n_train = max(int((self.split == SPLIT_TRAIN).sum()), 1)
         for name, shape in self.view_shapes.items():
             # One chunk holds `cr` rows of one view: a read of view v touches no other view's bytes.
             cr = chunk_rows_for(shape, self.dtype)
-            ds = f.create_dataset(f"views/{name}", shape=(n_train, self.n_views) + shape,
-                                  maxshape=(n_train, self.n_views) + shape, chunks=(min(cr, n_train), 1) + shape,
+            ds = f.create_dataset(f"views/{name}", shape=(max(n, 1), self.n_views) + shape,
+                                  maxshape=(max(n, 1), self.n_views) + shape, chunks=(min(cr, max(n, 1)), 1) + shape,
                                   dtype=self.dtype, dcpl=_early_dcpl())
-            ds.attrs["rows"] = "train rows only, in row order; FeatureCache.view_rows maps a row to its entry"
-        self.views_done = 0
+            ds.attrs["rows"] = VIEWS_EVERY_ROW
         # Chunked as finely as the finest layer (Fletcher32 needs chunks): a torn one costs no more rows than a layer's.
         rows = min([max(n, 1)] + [chunk_rows_for(shape, self.dtype) for shape in self.layer_shapes.values()])
         g = f.create_group("_progress")
@@ -178,12 +167,11 @@ class CacheWriter:
     def commit(self, input_idx, feats: dict, skipped, inputs_done: int, views=None):
         """Append rows for candidates `input_idx` (in order), record `skipped` [(input index, reason)], then commit.
 
-        With views, `views[layer]` is (t, K, h, w, c) for the t train rows among `input_idx`, in the same order.
+        With views, `views[layer]` is (k, K, h, w, c): the K views of each of the k rows, in the same order.
         """
         f = self.f
         r0 = int(f.attrs["rows_committed"])
         k = len(input_idx)
-        n_train = int((self.split[np.asarray(input_idx, np.int64)] == SPLIT_TRAIN).sum()) if k else 0
         assert bool(self.view_shapes) == (views is not None), "views must come with every commit, and only then"
         if k > int(f.attrs.get("commit_rows", 0)):  # durable before the data: how far past the counters to verify
             f.attrs["commit_rows"] = k
@@ -191,11 +179,9 @@ class CacheWriter:
         if k:
             for name, arr in feats.items():
                 f[f"layers/{name}"][r0:r0 + k] = np.asarray(arr, self.dtype)
-            v0 = self.views_done
             for name, arr in (views or {}).items():
-                assert len(arr) == n_train, f"views/{name}: {len(arr)} entries for {n_train} train rows"
-                if n_train:
-                    f[f"views/{name}"][v0:v0 + n_train] = np.asarray(arr, self.dtype)
+                assert len(arr) == k, f"views/{name}: {len(arr)} entries for {k} rows"
+                f[f"views/{name}"][r0:r0 + k] = np.asarray(arr, self.dtype)
             f["_progress/row_input"][r0:r0 + k] = np.asarray(input_idx, np.int64)
         reason = f["_progress/reason"]
         for i, why in skipped:
@@ -204,7 +190,6 @@ class CacheWriter:
         f.attrs["rows_committed"] = r0 + k
         f.attrs["inputs_committed"] = int(inputs_done)
         f.flush()
-        self.views_done += n_train if self.view_shapes else 0
 
     def finalize(self, reasons=None) -> WriteSummary:
         """Compact the per-row datasets, mark complete and rename into place atomically.
@@ -228,22 +213,17 @@ class CacheWriter:
                 del f[name]
         for name in self.layer_shapes:
             f[f"layers/{name}"].resize(n_rows, axis=0)
-        n_train = int((self.split[rows] == SPLIT_TRAIN).sum())
         for name in self.view_shapes:
-            f[f"views/{name}"].resize(n_train, axis=0)
+            f[f"views/{name}"].resize(n_rows, axis=0)
         f["features"] = f[f"layers/{self.config['layer']}"]  # hard link: the primary layer, no copy
         small_dataset(f, "labels", self.labels[rows])
         small_dataset(f, "paths", *fixed_strings([self.paths[i] for i in rows]))
         small_dataset(f, "split", self.split[rows])
         small_dataset(f, "skipped", *fixed_strings(np.array(skipped, dtype=object).reshape(-1, 2)))
         if self.input_sizes is not None:
-            inputs_table(f, self.paths, self.input_sizes)
+            inputs_table(f, self.paths, self.input_sizes, self.input_hashes)
         del f["_progress"]
-        f.attrs["n_rows"] = n_rows
-        f.attrs["n_skipped"] = len(skipped)
-        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        f.attrs["complete"] = True
-        seal_attrs(f)
+        write_footer(f, n_rows, len(skipped))
         f.flush()
         f.close()
         self.f = None

@@ -160,9 +160,8 @@ def read_head_record(head_dir, cache) -> HeadRecord:
         raise HeadMismatch(f"{os.path.join(head_dir, METRICS_FILE)}: no cache record ({type(e).__name__}: {e}); "
                            f"{retrain}") from None
     if record.fingerprint != cache.fingerprint:
-        raise HeadMismatch(f"{record.head_file}: trained on another cache ({record.cache_path}, fingerprint "
-                           f"{record.fingerprint[:12]}), not on FEATURES={cache.path} (fingerprint "
-                           f"{cache.fingerprint[:12]}); {retrain}")
+        raise HeadMismatch(f"{record.head_file}: trained on another cache than FEATURES={cache.path} now is "
+                           f"({cache.stale_words(record.fingerprint)}; trained on {record.cache_path}); {retrain}")
     if record.layer not in cache.layers or record.feature_shape != cache.feature_shape(record.layer):
         have = {l: list(cache.feature_shape(l)) for l in cache.layers}
         raise HeadMismatch(f"{record.head_file}: trained on layer {record.layer!r} {list(record.feature_shape)}, the "

@@ -144,6 +144,9 @@ def train_stage(s: Settings) -> int:
             print(f"{s.head_dir}: up to date (a complete head of {cache.path}, fingerprint {cache.fingerprint[:12]}, "
                   f"run fingerprint {run_fp[:12]}); nothing to do")
             return 0
+        made_from = record.read_metrics_or_empty(s.head_dir).get("cache", {}).get("fingerprint")
+        if made_from and made_from != cache.fingerprint:
+            print(f"{s.head_dir}: stale ({cache.stale_words(made_from)}); retraining")
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         in_memory, line = data.hold_in_memory(cache, np.concatenate([tr, va]), s.layer, s.mem_budget)
         print(f"{cache.summary()}\n{line}")

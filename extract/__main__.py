@@ -54,6 +54,8 @@ def parse_args(argv=None) -> Settings:
                                                 "layout (LABELS)")
     p.add_argument("--exclude", default="", help="leave out the images listed in this CSV (`path` column) or text "
                                                  "file, e.g. make report's label_issues.csv (EXCLUDE)")
+    p.add_argument("--relabel", default="", help="a CSV of `path,label` rows overriding those images' labels, e.g. "
+                                                 "make report's label_fixes.csv (RELABEL)")
     a = p.parse_args(argv)
     layers = tuple(l.strip() for l in a.layers.split(",") if l.strip())  # empty: the backbone's (extract/features)
     if a.batch < 1:
@@ -64,14 +66,15 @@ def parse_args(argv=None) -> Settings:
         raise WorkflowError(f"BACKBONES={a.backbones}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     if a.exclude and a.engine != "local":
         raise WorkflowError(f"EXCLUDE={a.exclude}: not available with ENGINE={a.engine} yet; use ENGINE=local")
-    if a.labels and a.engine != "local":
-        raise WorkflowError(f"LABELS={a.labels}: not available with ENGINE={a.engine} yet; use ENGINE=local")
+    for name, value in (("LABELS", a.labels), ("RELABEL", a.relabel)):
+        if value and a.engine != "local":
+            raise WorkflowError(f"{name}={value}: not available with ENGINE={a.engine} yet; use ENGINE=local")
     # SHARDS is checked against the number of images by extract.shard.run_sharded
     return Settings(data=a.data, features=a.features, backbone=a.backbone, backbones=a.backbones,
                     img_size=a.img_size, layers=layers, weights=a.weights,
                     val_split=a.val_split, seed=a.seed, batch=a.batch, dtype=a.dtype, aug_views=a.aug_views,
                     engine=a.engine, shards=a.shards, exclude=a.exclude,
-                    verify=a.verify, precision=a.precision, labels=a.labels)
+                    verify=a.verify, precision=a.precision, labels=a.labels, relabel=a.relabel)
 
 
 @cli

@@ -35,7 +35,8 @@ def read_paths(path) -> list:
     return [l.strip() for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
 
 
-def _relative(p, root) -> str:
+def relative(p, root) -> str:
+    """`p` as a path relative to DATA=`root`, as the cache stores it (given relative, absolute or DATA-prefixed)."""
     root_abs = os.path.abspath(root)
     if os.path.isabs(p):
         return os.path.relpath(p, root_abs)
@@ -46,7 +47,7 @@ def _relative(p, root) -> str:
 
 def select(file, imgs):
     """(sorted input indices to leave out, identity for the cache's config) of EXCLUDE `file` over ImageSet `imgs`."""
-    listed = {_relative(p, imgs.root) for p in read_paths(file)}
+    listed = {relative(p, imgs.root) for p in read_paths(file)}
     index = {p: i for i, p in enumerate(imgs.paths)}
     idx = sorted(index[p] for p in listed if p in index)
     unknown = sorted(listed - set(index))
@@ -62,8 +63,11 @@ def select(file, imgs):
                                                    "paths_fingerprint": fingerprint(excluded)}}
 
 
+REASON_PREFIX = "excluded by "
+
+
 def reason(file) -> str:
-    return f"excluded by {file}"
+    return f"{REASON_PREFIX}{file}"
 
 
 def commit_excluded(writer, excluded, file) -> dict:

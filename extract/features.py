@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache import (SPLIT_NONE, SPLIT_TRAIN, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
+from cache import (SPLIT_NONE, BackgroundCommits, CacheWriter, cache_state, fingerprint, partial_path,
                    stale_reason)
 from cache.writer import damaged_path
 from core import WorkflowError, precision, space
 from core.files import write_text
 from core.versions import package_versions
 
-from . import backbone, backbones, ensemble, exclude, images, pipeline, verify, views
+from . import backbone, backbones, ensemble, exclude, images, pipeline, relabel, splits, update, verify, views
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Settings:
     verify: str = "size"  # the inputs' identity: relative paths + sizes, or + sha256 of every file (extract/verify.py)
     precision: str = "auto"  # the backbone's compute: auto | float32 | bfloat16 (core/precision.py); stored: DTYPE
     labels: str = ""  # LABELS: a CSV naming each image and its `label` (extract/images.py); empty: the folder's layout
+    relabel: str = ""  # RELABEL: a CSV of `path,label` rows overriding those labels (extract/relabel.py)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Plan:
     precision: str  # PRECISION as core.precision.resolve made it
     imgs: images.ImageSet
     sizes: tuple = ()  # each input's bytes (verify.input_sizes): its identity, and what a stale cache's line counts
+    hashes: tuple = ()  # each input's sha256 under VERIFY=content (verify.content_hashes), else empty
+    relabelled: tuple = ()  # RELABEL's identity in the cache's config, as (key, value) pairs (empty: none given)
     members: tuple = ()  # BACKBONES: ((spec, size), ...)
     member_weights: tuple = ()  # each member's resolved weights, in order
 
@@ -95,11 +98,11 @@ def make_plan(s: Settings) -> Plan:
     backbone.check_img_size(spec, img_size)
     # LAYERS empty: the feature layer, plus the cut that views and FROM_CACHE=1 read when AUG_VIEWS asks for views.
     layers = tuple(s.layers) or ((spec.feature_layer,) + (views.view_layers(spec) if s.aug_views > 0 else ()))
-    imgs = images.discover(s.data, s.labels)
+    imgs, relabelled = _images(s)
     check_views(s.aug_views, imgs, layers, spec)
     return Plan(s, spec, img_size, layers, backbone.resolve_weights(spec, s.weights, img_size),
                 precision.resolve(s.precision, "inference", bf16_loses=spec.bf16_loses), imgs,
-                tuple(verify.input_sizes(imgs.root, imgs.paths)))
+                *_identity(imgs, s.verify), relabelled)
 
 
 def _ensemble_plan(s: Settings) -> Plan:
@@ -109,12 +112,27 @@ def _ensemble_plan(s: Settings) -> Plan:
                             f"leave those empty")
     members = ensemble.parse(s.backbones)
     infos = tuple(backbone.resolve_weights(spec, s.weights, size) for spec, size in members)
-    imgs = images.discover(s.data, s.labels)
+    imgs, relabelled = _images(s)
     info = ensemble.weights_record(s.weights, ensemble.records(members, infos))
     loses = backbones.bf16_loses_among(spec for spec, _ in members)
     return Plan(s, None, max(size for _, size in members), (ensemble.CONCAT_LAYER,), info,
-                precision.resolve(s.precision, "inference", bf16_loses=loses), imgs,
-                tuple(verify.input_sizes(imgs.root, imgs.paths)), members, infos)
+                precision.resolve(s.precision, "inference", bf16_loses=loses), imgs, *_identity(imgs, s.verify),
+                relabelled, members, infos)
+
+
+def _images(s: Settings) -> tuple:
+    """(DATA's images with their labels, LABELS and RELABEL applied; RELABEL's identity as (key, value) pairs)."""
+    imgs = images.discover(s.data, s.labels)
+    if not s.relabel:
+        return imgs, ()
+    imgs, identity = relabel.apply(s.relabel, imgs)
+    return imgs, tuple(identity.items())
+
+
+def _identity(imgs, mode: str) -> tuple:
+    """(sizes, sha256s) of every input: the rows' identity (sha256 only under VERIFY=content)."""
+    hashes = verify.content_hashes(imgs.root, imgs.paths) if mode == "content" else ()
+    return tuple(verify.input_sizes(imgs.root, imgs.paths)), tuple(hashes)
 
 
 def resolve_config(plan: Plan) -> dict:
@@ -135,9 +153,10 @@ def resolve_config(plan: Plan) -> dict:
         "resize": images.RESIZE,
         "dtype": s.dtype, "layout": imgs.layout, "class_names": imgs.class_names, "verify": s.verify,
         "n_inputs": len(imgs.paths),
-        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, plan.sizes or None),
+        "inputs_fingerprint": verify.inputs_fingerprint(imgs.root, imgs.paths, s.verify, plan.sizes or None,
+                                                        plan.hashes),
         "val_split": s.val_split, "split_seed": s.seed, **plan.weights_info, **aug,
-        **images.labels_identity(imgs),
+        **images.labels_identity(imgs), **dict(plan.relabelled),
     }, plan.precision)
 
 
@@ -164,11 +183,15 @@ def up_to_date(features, config: dict, requested: str, inputs: dict) -> bool:
         return True
     if state == "up-to-date":
         print(f"{features}: up to date ({config['n_inputs']} inputs, fingerprint {fp[:12]}); nothing to do")
-    elif state == "stale":
-        print(f"{features}: stale ({stale_reason(features, config, inputs)}); rebuilding")
-    elif state == "unreadable":
-        print(f"{features}: unreadable as HDF5 (damaged?); rebuilding")
     return state == "up-to-date"
+
+
+def stale_line(features, config: dict, inputs: dict) -> str:
+    """Why FEATURES is rebuilt, as the words after its name ('' for a first build)."""
+    state = cache_state(features, fingerprint(config))
+    if state == "stale":
+        return f"stale ({stale_reason(features, config, inputs)}); rebuilding"
+    return "unreadable as HDF5 (damaged?); rebuilding" if state == "unreadable" else ""
 
 
 def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str = "auto", labels: str = "") -> dict:
@@ -182,7 +205,7 @@ def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
     """The train/val split of every input (SPLIT_NONE for an unlabelled folder), drawn once over all inputs."""
     if imgs.labelled:
-        return images.stratified_split(imgs.labels, val_split, seed)
+        return splits.draw(imgs.labels, imgs.paths, val_split, seed)
     return np.full(len(imgs.paths), SPLIT_NONE, np.int8)
 
 
@@ -219,7 +242,7 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_e
 
     Three stages overlap: tf.data decodes the next batches in parallel, the model runs this one, and a background
     thread writes the previous ones to HDF5 (cache.BackgroundCommits). `view_extractor`
-    (extract.views.ViewExtractor) adds the augmented views of the batch's train images to each commit. Inputs in
+    (extract.views.ViewExtractor) adds the augmented views of the batch's images to each commit. Inputs in
     `leave_out` (EXCLUDE) are not read: extract.exclude records them as skipped.
     """
     from tqdm import tqdm
@@ -237,9 +260,8 @@ def run_extraction(forward, layers, imgs, writer, start, img_size, batch, view_e
             for i, r in skipped:
                 tqdm.write(f"skipped {imgs.paths[i]}: {r}")
             extra = {}
-            if view_extractor is not None:  # train rows only, in row order: what CacheWriter.commit expects
-                train = ok & (writer.split[idx] == SPLIT_TRAIN)
-                extra["views"] = view_extractor(np.asarray(x)[:len(idx)][train], idx[train])
+            if view_extractor is not None:  # every row's views, val rows too (CacheWriter)
+                extra["views"] = view_extractor(np.asarray(x)[:len(idx)][ok], idx[ok])
             commits.commit(idx[ok], {l: f.numpy()[ok] for l, f in zip(layers, feats)}, skipped, int(idx[-1]) + 1,
                            **extra)
             n_done += int(ok.sum())
@@ -285,18 +307,37 @@ def report_unmatched(features, imgs: images.ImageSet, labels_csv: str):
 
 
 def extract_features(plan: Plan) -> int:
-    """`make features` with ENGINE=local: resume, rebuild or say "up to date"; print the summary."""
-    s, imgs, layers = plan.settings, plan.imgs, list(plan.layers)
+    """`make features` with ENGINE=local: resume, update, rebuild or say "up to date"; print the summary."""
+    s, imgs = plan.settings, plan.imgs
     report_unmatched(s.features, imgs, s.labels)
-    split = split_of(imgs, s.val_split, s.seed)
     config = resolve_config(plan)
     excluded = []
     if s.exclude:  # only when given: without EXCLUDE the fingerprint is the one it always was
         excluded, identity = exclude.select(s.exclude, imgs)
         config.update(identity)
+    config = update.adopt_views_seed(s.features, config)
     if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         return 0
+    old, why = update.reusable(s.features, config, s.precision)
+    if old is not None:
+        summary, line = update.run(plan, config, old, excluded)
+        print(line)
+    else:
+        if stale := stale_line(s.features, config, dict(zip(imgs.paths, plan.sizes))):
+            print(f"{s.features}: {stale}" + (f" ({why})" if why else ""))
+        summary, line = write_cache(plan, imgs, s.features, config, split_of(imgs, s.val_split, s.seed), excluded,
+                                    plan.hashes)
+        update.drop_segments(s.features)  # an updated cache's segments: the rebuilt file holds every row itself
+        print(f"{s.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped "
+              f"(see {os.path.splitext(str(s.features))[0]}.skipped.txt); {line}")
+    write_skipped(s.features, summary.skipped)
+    return 0
 
+
+def write_cache(plan: Plan, imgs, out, config: dict, split, excluded=(), hashes=()) -> tuple:
+    """Extract `imgs` into a complete cache at `out` (resuming its partial); return (WriteSummary, 'this run' line).
+    `hashes`: the inputs' sha256 under VERIFY=content, recorded with them."""
+    s, layers = plan.settings, list(plan.layers)
     print(f"{plan.title}; " + plan.describe_precision())
     with precision.building(plan.precision):
         model = plan.build()
@@ -307,30 +348,27 @@ def extract_features(plan: Plan) -> int:
         view_shapes = {l: shapes[l] for l in plan.view_layers}
         # A second traced function over the same layers, cut at the view layers: views skip the blocks after them.
         extractor = views.ViewExtractor(make_forward(backbone.cut(model, list(view_shapes))), view_shapes,
-                                        s.aug_views, s.seed, s.batch)
-    writer = CacheWriter(s.features, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
-                         view_shapes=view_shapes, n_views=s.aug_views, input_sizes=plan.sizes)
-    tmp = partial_path(s.features)
-    needed = space.cache_bytes(len(imgs.paths), shapes, s.dtype, int((split == SPLIT_TRAIN).sum()), view_shapes,
-                               s.aug_views)
-    space.check_space(s.features, needed - (os.path.getsize(tmp) if os.path.exists(tmp) else 0), "FEATURES")
+                                        s.aug_views, config["augmentation"]["seed"], s.batch)
+    sizes = verify.input_sizes(imgs.root, imgs.paths)
+    writer = CacheWriter(out, config, imgs.paths, imgs.labels, split, shapes, s.dtype, record,
+                         view_shapes=view_shapes, n_views=s.aug_views, input_sizes=sizes, input_hashes=hashes)
+    tmp = partial_path(out)
+    needed = space.cache_bytes(len(imgs.paths), shapes, s.dtype, len(imgs.paths), view_shapes, s.aug_views)
+    space.check_space(out, needed - (os.path.getsize(tmp) if os.path.exists(tmp) else 0), "FEATURES")
     try:
         start = writer.start()
-        if line := resume_line(s.features, writer, start, len(imgs.paths)):
+        if line := resume_line(out, writer, start, len(imgs.paths)):
             print(line)
         n_done, n_skip, dt = run_extraction(make_forward(model), layers, imgs, writer, start,
                                             plan.img_size, s.batch, view_extractor=extractor, leave_out=excluded)
         reasons = exclude.commit_excluded(writer, excluded, s.exclude) if len(excluded) else None
         summary = writer.finalize(reasons)
     except OSError as e:  # a full disk mid-run: one line, the partial kept for the rerun
-        space.raise_if_full(e, s.features, kept=tmp)
+        space.raise_if_full(e, out, kept=tmp)
         writer.close()
-        set_aside_if_torn(e, s.features)
+        set_aside_if_torn(e, out)
         raise
     finally:
         writer.close()
-    skipped_txt = write_skipped(s.features, summary.skipped)
     rate = (n_done + n_skip) / dt if dt > 0 else 0.0
-    print(f"{s.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped (see {skipped_txt}); "
-          f"this run {n_done + n_skip:,} images in {dt:.1f}s, {rate:.1f} images/s")
-    return 0
+    return summary, f"this run {n_done + n_skip:,} images in {dt:.1f}s, {rate:.1f} images/s"

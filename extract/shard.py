@@ -32,7 +32,7 @@ from cache.shards import (ShardFailed, inspect_shard, manifest_path, read_manife
 from core import WorkflowError, precision, space
 from core.files import file_hash
 from core.versions import package_versions
-from extract import backbone, backbones, images, verify
+from extract import backbone, backbones, images, update, verify
 from extract.features import (Plan, Settings, make_forward, make_plan, provenance, resolve_config, resume_line,
                               run_extraction, split_of, write_skipped)
 
@@ -141,7 +141,8 @@ def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     if state not in ("missing", "up-to-date"):
         why = (stale_reason(s.features, config, dict(zip(imgs.paths, run_plan.sizes))) if state == "stale"
                else "damaged?")
-        print(f"{s.features}: {state} ({why}); rebuilding from shards")
+        print(f"{s.features}: {state} ({why}); rebuilding from shards (ENGINE=ray recomputes whole shards; "
+              f"ENGINE=local extracts only new or changed images)")
     for k, why in todo.items():
         if why != "missing":
             print(f"{shard_path(s.features, k)}: {why}; recomputing it")
@@ -180,6 +181,7 @@ def run_sharded(run_plan: Plan, workers=None, cpus_per_worker=None) -> dict:
     for name in old:  # shards of an earlier SHARDS that this front file no longer uses
         if os.path.exists(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
+    update.drop_segments(s.features)  # segments of an ENGINE=local update of this cache: the shards hold every row
 
     skipped_txt = write_skipped(s.features, summary.skipped)
     n_img = sum(r["images"] for r in results)

@@ -37,14 +37,14 @@ def input_sizes(root, paths) -> list:
     return [os.path.getsize(os.path.join(root, p)) for p in paths]
 
 
-def inputs_fingerprint(root, paths, mode: str = "size", sizes=None) -> str:
+def inputs_fingerprint(root, paths, mode: str = "size", sizes=None, hashes=None) -> str:
     """Fingerprint of the relative paths and sizes under `root` (`sizes`: input_sizes, when already measured); with
-    mode 'content' also of every file's sha256."""
+    mode 'content' also of every file's sha256 (`hashes`: content_hashes, when already computed)."""
     sizes = list(zip(paths, input_sizes(root, paths) if sizes is None else sizes))
     if mode == "size":
         return fingerprint(sizes)  # the same value as before VERIFY existed: existing caches stay up to date
     assert mode == "content", mode
-    return fingerprint({"files": sizes, "sha256": content_hashes(root, paths)})
+    return fingerprint({"files": sizes, "sha256": list(hashes) if hashes else content_hashes(root, paths)})
 
 
 def check_same_images(root, cache):

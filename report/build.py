@@ -33,8 +33,8 @@ def check_model_dir(model_dir, cache):
     meta = read_meta(path)
     fp = meta.get("config", {}).get("cache_fingerprint")
     if fp != cache.fingerprint:
-        raise WorkflowError(f"{path}: fine-tuned from another cache (fingerprint {str(fp)[:12]}), not FEATURES="
-                            f"{cache.path} ({cache.fingerprint[:12]}); rerun `make finetune FEATURES={cache.path} "
+        raise WorkflowError(f"{path}: fine-tuned from another cache than FEATURES={cache.path} now is "
+                            f"({cache.stale_words(str(fp))}); rerun `make finetune FEATURES={cache.path} "
                             f"MODEL_DIR={model_dir}`, or leave MODEL_DIR empty")
     return path, meta
 
@@ -153,6 +153,9 @@ def _build(features, head_dir, model_dir, data, report_dir, top_n, seed, folds, 
                   ["path", "given_label", "prob_given", "rank", "predicted_label"],
                   [(r["path"], r["given_label"], f"{r['prob_given']:.6f}", r["rank"], r["predicted_label"])
                    for r in issue_rows])
+        # RELABEL's format (extract/relabel.py): each suspect's suggested label, for the user to edit and pass back.
+        write_csv(os.path.join(report_dir, "label_fixes.csv"), ["path", "label"],
+                  [(r["path"], r["predicted_label"]) for r in issue_rows])
         write_csv(os.path.join(report_dir, "near_duplicates.csv"),
                   ["path_a", "path_b", "cosine", "split_a", "split_b", "label_a", "label_b"],
                   [(d["path_a"], d["path_b"], f"{d['cosine']:.6f}", d["split_a"], d["split_b"], d["label_a"],

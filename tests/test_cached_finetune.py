@@ -109,7 +109,7 @@ def test_cached_views_equal_the_backbone_on_the_views(views_cache, train_dir):
     with open_cache(views_cache) as c:
         tr = c.rows(SPLIT_TRAIN)
         assert c.view_layers == ["mixed6"] and c.n_views("mixed6") == K and c.n_views("mixed7") == 0
-        assert c.f["views/mixed6"].shape == (len(tr), K) + c.feature_shape("mixed6")
+        assert c.f["views/mixed6"].shape == (len(c), K) + c.feature_shape("mixed6")  # every row's, val rows too
         model = build_backbone(get("inception_v3"), IMG, ["mixed6"], "none")
         index = {p: i for i, p in enumerate(discover(train_dir).paths)}  # views are seeded by input index
         rows = tr[[0, 1, len(tr) // 2, len(tr) - 1]]
@@ -142,12 +142,12 @@ def test_views_are_committed_with_their_rows_and_survive_a_resume(tmp_path):
         start = w.start()
         for lo in range(start, n, 5):
             idx = np.array([i for i in range(lo, min(lo + 5, n)) if i not in broken])
-            tr = idx[split[idx] == SPLIT_TRAIN]
             w.commit(idx, {"l": feats[idx]}, [(i, "broken") for i in range(lo, min(lo + 5, n)) if i in broken],
-                     min(lo + 5, n), views={"l": views[tr]})
+                     min(lo + 5, n), views={"l": views[idx]})
             if kill_after is not None and lo >= kill_after:
                 # As if killed mid-way through the next batch: its views written, its counters not.
-                w.f["views/l"][w.views_done:w.views_done + 2] = -1.0
+                r0 = int(w.f.attrs["rows_committed"])
+                w.f["views/l"][r0:r0 + 2] = -1.0
                 w.f.flush()
                 w.f.close()
                 return None
@@ -160,7 +160,7 @@ def test_views_are_committed_with_their_rows_and_survive_a_resume(tmp_path):
         rows = np.arange(len(a))
         tr = a.rows(SPLIT_TRAIN)
         kept = np.array([i for i in range(n) if i not in broken])
-        assert len(a) == n - 2 and a.f["views/l"].shape == (len(tr), 3) + shape
+        assert len(a) == n - 2 and a.f["views/l"].shape == (len(a), 3) + shape
         np.testing.assert_array_equal(a.read(rows, "l"), b.read(rows, "l"))
         for v in range(3):
             np.testing.assert_array_equal(a.read_views(tr, v, "l"), b.read_views(tr, v, "l"))

@@ -26,8 +26,7 @@ from extract.synth import make_dataset
 pytestmark = pytest.mark.slow
 SIZE = 150  # mixed7 and mixed6 are 7x7x768 here: 27 rows a chunk, so commits of BATCH rows end mid-chunk
 BATCH = 8
-COMMITS = 5  # the killed run committed 40 rows: rows 27-39 share the chunk 27-53 with rows still to come, and its
-# views reach past their first chunk too (27 entries)
+COMMITS = 5  # the killed run committed 40 rows: rows 27-39 share the chunk 27-53 with rows still to come
 
 
 def _args(data, out):
@@ -109,13 +108,8 @@ def test_a_torn_last_committed_chunk_is_rolled_back_and_the_run_equals_an_uninte
     shutil.copyfile(killed, partial_path(out))
     with h5py.File(partial_path(out), "r") as f:
         rows = int(f.attrs["rows_committed"])
-        inputs = f["_progress/row_input"][:rows]
-        with open_cache(ref) as c:
-            train = np.flatnonzero(np.asarray(c.split)[inputs] == 0)  # killed rows are the reference's first rows
-    # the chunk holding the last committed entry: a row, or for views the last committed train row's entry
-    last = len(train) - 1 if dataset.startswith("views") else rows - 1
-    first = _tear(partial_path(out), dataset, last)
-    cut = int(train[first]) if dataset.startswith("views") else first
+    first = _tear(partial_path(out), dataset, rows - 1)  # views too are stored by row (every row's)
+    cut = first
     assert 0 < cut < rows, "the torn chunk must hold committed rows and not start at row 0: adjust the sizes"
     line = _run(data, out, capsys)
     assert re.search(rf"resuming at input {cut}/64 \(rows {cut}-{rows - 1} rewritten: a chunk was torn by the last "
@@ -165,8 +159,8 @@ with BackgroundCommits(w) as commits:
     for lo in range(start, N, B):
         idx = np.arange(lo, min(lo + B, N))
         ok = idx % 37 != 5
-        done, train = idx[ok], idx[ok][split[idx[ok]] == 0]
-        views = np.stack([rows(train, V, -1.0)] * K, axis=1) if len(train) else np.zeros((0, K) + V, np.float32)
+        done = idx[ok]
+        views = np.stack([rows(done, V, -1.0)] * K, axis=1)
         commits.commit(done, {"a": rows(done, A), "b": rows(done, V, 0.5)}, [(int(i), f"bad {i}") for i in idx[~ok]],
                        int(idx[-1]) + 1, views={"b": views})
 w.finalize()
@@ -210,6 +204,5 @@ def test_twenty_kills_at_random_moments_then_the_rerun_equals_an_uninterrupted_r
         assert [r.decode() for r in f["skipped"][:, 1]] == [f"bad {i}" for i in idx[idx % 37 == 5]]
         a, b, views = f["layers/a"][:], f["layers/b"][:], f["views/b"][:]
         assert (a == kept[:, None, None, None]).all() and (b == 0.5 * kept[:, None, None, None]).all()
-        train = kept[(kept % 5 != 0)]
-        assert len(views) == len(train) and (views == -train[:, None, None, None, None]).all()
+        assert len(views) == len(kept) and (views == -kept[:, None, None, None, None]).all()
         assert n == len(kept) + len(f["skipped"])

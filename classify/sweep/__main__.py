@@ -39,7 +39,7 @@ def main(argv=None):
     best = os.path.join(a.sweep_dir, outputs.BEST)
     print(f"{a.sweep_dir}: study {c['study']} holds {c['complete']} complete + {c['pruned']} pruned (TRIALS="
           f"{a.trials}), {c['fail']} failed; {c['ran_here']} run by this process. best val log loss "
-          f"{outputs.best_loss(a.sweep_dir):.4f} in {best}/ (make finetune HEAD_DIR={best}); "
+          f"{outputs.best_loss(a.sweep_dir, outputs.best_cache(a.sweep_dir)):.4f} in {best}/ (make finetune HEAD_DIR={best}); "
           f"leaderboard.md, val_log_loss.png, importance.png")
     return 0
 

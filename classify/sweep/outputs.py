@@ -123,11 +123,22 @@ def plot_importance(path, study, seed: int) -> dict:
     return imp
 
 
-def best_loss(sweep_dir) -> float:
-    """The val log loss recorded in SWEEP_DIR/best/metrics.json; inf where there is no best head yet."""
+def best_cache(sweep_dir) -> str:
+    """The fingerprint of the cache SWEEP_DIR/best/ was trained on ('' where there is no best head yet)."""
     try:
         with open(os.path.join(sweep_dir, BEST, METRICS_FILE)) as f:
-            return float(json.load(f)["head"]["val_log_loss"])
+            return str(json.load(f)["cache"]["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def best_loss(sweep_dir, fingerprint: str) -> float:
+    """The val log loss recorded in SWEEP_DIR/best/metrics.json; inf where there is no best head yet, or one of
+    another cache (its loss was measured on other rows: any head of this cache replaces it)."""
+    try:
+        with open(os.path.join(sweep_dir, BEST, METRICS_FILE)) as f:
+            m = json.load(f)
+        return float(m["head"]["val_log_loss"]) if m["cache"]["fingerprint"] == fingerprint else np.inf
     except (OSError, ValueError, KeyError, TypeError):
         return np.inf
 
@@ -138,7 +149,7 @@ def promote(sweep_dir, trial_dir, metrics: dict) -> bool:
     A directory cannot be renamed over a non-empty one, so best is a symlink to best-<trial>-<id>/: the new folder
     is written in full (metrics.json last), then a new link is renamed over the old one (atomic), then the old
     folder goes."""
-    if not metrics["head"]["val_log_loss"] < best_loss(sweep_dir):
+    if not metrics["head"]["val_log_loss"] < best_loss(sweep_dir, metrics["cache"]["fingerprint"]):
         return False
     name = f"{BEST}-{metrics['config']['trial']:04d}-{uuid.uuid4().hex[:8]}"
     target = os.path.join(sweep_dir, name)

@@ -194,6 +194,9 @@ def run_sweep(features, sweep_dir, trials: int, layer="", epochs: int = 20, seed
         storage = make_storage(url)
     with open_cache(features, layer=layer or None, need_labels=True, fix="make features") as cache:
         layer = layer or cache.layer  # the cache's own layer unless LAYER is given
+        if (made_from := outputs.best_cache(sweep_dir)) and made_from != cache.fingerprint:
+            print(f"{os.path.join(sweep_dir, outputs.BEST)}: stale ({cache.stale_words(made_from)}); this sweep's "
+                  f"best head replaces it")
         tr, va = cache.rows(SPLIT_TRAIN), cache.rows(SPLIT_VAL)
         in_memory, line = data.hold_in_memory(cache, np.concatenate([tr, va]), layer, mem_budget)
         tqdm.write(line)
