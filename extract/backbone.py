@@ -49,8 +49,11 @@ def resolve_weights(spec, weights: str, img_size: int | None = None) -> dict:
         return {"weights": "none", "weights_file": "", "weights_sha256": f"random-init-seed-{INIT_SEED}"}
     if weights == "imagenet":
         if spec.weight_sizes and img_size not in spec.weight_sizes:
-            print(f"weights: Keras publishes {spec.name} weights for {', '.join(map(str, spec.weight_sizes))} px; at "
-                  f"{img_size} px it loads the {spec.default_size}-px file, {spec.weights_file(img_size)}, as here")
+            # Keras itself would load the 224-px file and warn; weights trained at another size are not what
+            # WEIGHTS=imagenet promises, so the size is refused (a file given as WEIGHTS= is the user's choice).
+            raise WorkflowError(f"IMG_SIZE={img_size}: Keras publishes ImageNet weights for {spec.name} at "
+                                f"{', '.join(map(str, spec.weight_sizes))} px only; use one of those sizes, or "
+                                f"WEIGHTS=none")
         path = keras_weights_path(spec, img_size)
         if not os.path.exists(path):
             path = _download_imagenet(spec, img_size)

@@ -178,8 +178,15 @@ def test_the_offline_error_names_the_exact_missing_file(tmp_path, monkeypatch):
     want = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_160_no_top.h5"
     assert f"WEIGHTS=imagenet: {want} (mobilenet_v2_035 at 160 px) is not in {tmp_path / 'keras' / 'models'}" in msg
     assert "MobileNetV2(alpha=0.35, include_top=False, input_shape=(160, 160, 3))" in msg and "\n" not in msg
-    with pytest.raises(WorkflowError, match="mobilenet_2_5_224_tf_no_top.h5 \\(mobilenet_025 at 96 px\\)"):
+
+
+
+def test_a_size_keras_publishes_no_imagenet_weights_for_is_refused_in_one_line():
+    with pytest.raises(WorkflowError) as e:
         backbone.resolve_weights(backbones.get("mobilenet_025"), "imagenet", 96)  # v1 has no 96-px file
+    assert str(e.value) == ("IMG_SIZE=96: Keras publishes ImageNet weights for mobilenet_025 at 128, 160, 192, 224 px "
+                            "only; use one of those sizes, or WEIGHTS=none")
+    assert backbone.resolve_weights(backbones.get("mobilenet_025"), "none", 96)["weights"] == "none"
 
 
 @pytest.mark.parametrize("name,widths", [("mobilenet_v2_060", "MobileNetV2 only at alpha 0.35, 0.5, 0.75, 1.0, 1.3"),
