@@ -205,7 +205,7 @@ def provenance(imgs: images.ImageSet, digest: str, command: str, requested: str 
 def split_of(imgs: images.ImageSet, val_split: float, seed: int) -> np.ndarray:
     """The train/val split of every input (SPLIT_NONE for an unlabelled folder), drawn once over all inputs."""
     if imgs.labelled:
-        return splits.draw(imgs.labels, imgs.paths, val_split, seed)
+        return images.stratified_split(imgs.labels, val_split, seed)
     return np.full(len(imgs.paths), SPLIT_NONE, np.int8)
 
 
@@ -316,17 +316,21 @@ def extract_features(plan: Plan) -> int:
         excluded, identity = exclude.select(s.exclude, imgs)
         config.update(identity)
     config = update.adopt_views_seed(s.features, config)
-    if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
-        return 0
     old, why = update.reusable(s.features, config, s.precision)
+    split, drawn_by_updates = update.split_for(plan, old)
+    if drawn_by_updates:
+        config.update(update.split_identity(plan, split))
+    if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
+        if old is not None:
+            old.close()
+        return 0
     if old is not None:
-        summary, line = update.run(plan, config, old, excluded)
+        summary, line = update.run(plan, config, old, excluded, split)
         print(line)
     else:
         if stale := stale_line(s.features, config, dict(zip(imgs.paths, plan.sizes))):
             print(f"{s.features}: {stale}" + (f" ({why})" if why else ""))
-        summary, line = write_cache(plan, imgs, s.features, config, split_of(imgs, s.val_split, s.seed), excluded,
-                                    plan.hashes)
+        summary, line = write_cache(plan, imgs, s.features, config, split, excluded, plan.hashes)
         update.drop_segments(s.features)  # an updated cache's segments: the rebuilt file holds every row itself
         print(f"{s.features}: {summary.rows:,} cached, {len(summary.skipped):,} skipped "
               f"(see {os.path.splitext(str(s.features))[0]}.skipped.txt); {line}")

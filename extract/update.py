@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache import SPLIT_NONE, open_cache
+from cache import SPLIT_NONE, SPLIT_VAL, open_cache
 from cache.front import row_sources, segment_path, write_front
 from core import WorkflowError
 from core.files import fingerprint
@@ -29,7 +29,8 @@ from . import exclude, images, splits
 
 # Config keys that are the view (labels, classes, split, exclusions) or the rows (which files): everything else is
 # the features' identity, whose change rebuilds every row.
-VIEW_KEYS = ("layout", "class_names", "val_split", "split_seed", "labels_fingerprint", "exclude", "relabel")
+VIEW_KEYS = ("layout", "class_names", "val_split", "split_seed", "labels_fingerprint", "exclude", "relabel",
+             "split_fingerprint")
 ROW_KEYS = ("verify", "n_inputs", "inputs_fingerprint")
 
 
@@ -98,16 +99,38 @@ class Diff:
     now: dict  # the same for DATA now
 
 
-def run(plan, config: dict, cache, excluded=()) -> tuple:
-    """Update `cache` (open, complete, `reusable`) to `config`, leaving out the inputs `excluded` (EXCLUDE); return
-    (WriteSummary, the line that says what happened)."""
+def split_for(plan, cache) -> tuple:
+    """(the split of every input, whether updates drew it): `cache`'s split extended (splits.extend) while VAL_SPLIT
+    and SEED are the same, else the fresh one (extract/images.stratified_split, as a first build draws it)."""
+    from .features import split_of
+
+    s, imgs = plan.settings, plan.imgs
+    fresh = split_of(imgs, s.val_split, s.seed)
+    if (cache is None or not imgs.labelled or cache.config.get("val_split") != s.val_split
+            or cache.config.get("split_seed") != s.seed):
+        return fresh, False
+    old = dict(zip(cache.paths, cache.split.tolist()))
+    split = splits.extend(imgs.labels, imgs.paths, s.val_split, s.seed,
+                          np.array([old.get(p, splits.NEW) for p in imgs.paths], np.int8))
+    return split, bool((split != fresh).any())
+
+
+def split_identity(plan, split) -> dict:
+    """A split that updates drew is the cache's identity too (two histories, one config, two splits): the config
+    records a fingerprint of its val images. A fresh split adds nothing (it follows from VAL_SPLIT and SEED)."""
+    return {"split_fingerprint": fingerprint([p for p, x in zip(plan.imgs.paths, split) if x == SPLIT_VAL])}
+
+
+def run(plan, config: dict, cache, excluded=(), split=None) -> tuple:
+    """Update `cache` (open, complete, `reusable`) to `config`, leaving out the inputs `excluded` (EXCLUDE), with
+    `split` (every input's, `split_for`); return (WriteSummary, the line that says what happened)."""
     s, imgs = plan.settings, plan.imgs
     excluded = {imgs.paths[int(i)] for i in excluded}
     d = diff(plan, cache, excluded)
     seconds, new_skips = extract_new(plan, config, d)
     rows = [i for i, p in enumerate(imgs.paths) if p not in excluded and p in d.live]  # input order
     paths, labels = [imgs.paths[i] for i in rows], np.asarray(imgs.labels[rows], np.int8)
-    view = {"paths": paths, "labels": labels, "split": _split(plan, cache, paths, labels),
+    view = {"paths": paths, "labels": labels, "split": np.asarray(split[rows], np.int8),
             "skipped": sorted([(p, exclude.reason(s.exclude)) for p in excluded] + list(d.kept_skips.items())
                               + [tuple(x) for x in new_skips])}
     counts = _counts(cache, imgs, d, view, excluded, new_skips)
@@ -189,18 +212,6 @@ def _recorded(cache) -> list:
 
 def _log(cache) -> list:
     return json.loads(cache.f.attrs.get("changes", "[]"))
-
-
-def _split(plan, cache, paths, labels) -> np.ndarray:
-    """The new view's split: the old one extended (splits.extend) while VAL_SPLIT and SEED are the same, else drawn
-    afresh."""
-    s = plan.settings
-    if not plan.imgs.labelled:
-        return np.full(len(paths), SPLIT_NONE, np.int8)
-    same = cache.config.get("val_split") == s.val_split and cache.config.get("split_seed") == s.seed
-    old = dict(zip(cache.paths, cache.split.tolist())) if same else {}
-    previous = np.array([old.get(p, splits.NEW) for p in paths], np.int8)
-    return splits.extend(labels, paths, s.val_split, s.seed, previous)
 
 
 def drop_segments(features):

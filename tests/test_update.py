@@ -204,7 +204,7 @@ def test_the_split_rule_holds_still_under_adds_and_removals():
     rng = np.random.default_rng(0)
     paths = [f"img{i:05d}.jpg" for i in range(3000)]
     labels = rng.integers(0, 3, len(paths))
-    split = splits.draw(labels, paths, 0.2, 42)
+    split = splits.extend(labels, paths, 0.2, 42, np.full(len(paths), splits.NEW))  # fresh
     for c in range(3):  # a fresh draw: each class's val share within one image of VAL_SPLIT
         n = (labels == c).sum()
         assert abs((split[labels == c] == SPLIT_VAL).sum() - round(0.2 * n)) <= 1
