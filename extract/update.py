@@ -121,7 +121,7 @@ def split_identity(plan, split) -> dict:
     return {"split_fingerprint": fingerprint([p for p, x in zip(plan.imgs.paths, split) if x == SPLIT_VAL])}
 
 
-def run(plan, config: dict, cache, excluded=(), split=None) -> tuple:
+def run(plan, config: dict, cache, excluded, split) -> tuple:
     """Update `cache` (open, complete, `reusable`) to `config`, leaving out the inputs `excluded` (EXCLUDE), with
     `split` (every input's, `split_for`); return (WriteSummary, the line that says what happened)."""
     s, imgs = plan.settings, plan.imgs
