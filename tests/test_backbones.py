@@ -44,16 +44,6 @@ BEFORE_REGISTRY = [
 ]
 
 
-@pytest.mark.parametrize("settings,before", BEFORE_REGISTRY)
-def test_inception_v3_caches_made_before_the_registry_are_still_up_to_date(tmp_path, settings, before):
-    from cache import fingerprint
-    from extract import features
-
-    s = features.Settings(data=_fixed_inputs(tmp_path / "d"), features=str(tmp_path / "f.h5"), weights="none",
-                          precision="float32", **settings)
-    assert fingerprint(features.resolve_config(features.make_plan(s))) == before
-
-
 # Fingerprints of MobileNetV2 and other no-argument entries computed by the code before entries took constructor
 # arguments (commit dd1b05d) for the inputs above: such caches stay up to date.
 BEFORE_ARGS = [
@@ -67,8 +57,10 @@ BEFORE_ARGS = [
 ]
 
 
-@pytest.mark.parametrize("settings,before", BEFORE_ARGS)
-def test_caches_of_entries_without_arguments_keep_their_fingerprints(tmp_path, settings, before):
+@pytest.mark.parametrize("settings,before", BEFORE_REGISTRY + BEFORE_ARGS)
+def test_caches_made_before_the_registry_or_its_arguments_keep_their_fingerprints(tmp_path, settings, before):
+    """InceptionV3 caches from before the registry, and caches of entries without arguments from before entries took
+    any: the same fingerprints, so they stay up to date."""
     from cache import fingerprint
     from extract import features
 
