@@ -69,7 +69,12 @@ def test_bench_harness_runs_and_reports_every_figure(tmp_path):
     assert res["checksums"]["plain_read_mb_s"] > 0 and res["checksums"]["checksummed_read_mb_s"] > 0
     assert {"head_kinds", "sweep", "tta", "report", "checksums", "exports"} <= set(res["section_s"])
     assert [(r["format"], r["quantize"]) for r in res["exports"]["rows"]] == [("model.keras", "none"), ("onnx", "none")]
+    u = res["updates"]  # the incremental cache beside a full extraction: the backbone sees only what it must
+    assert u["steps"]["full_extraction"]["forward_images"] == u["images"] == 24
+    assert u["steps"]["add_1pct"]["forward_images"] == u["added"] == 1
+    assert all(u["steps"][k]["forward_images"] == 0 for k in ("remove_1pct", "exclude", "relabel", "new_seed"))
     md = (tmp_path / "bench.md").read_text()
+    assert "| `make features` updates on 24 images |" in md
     for key in ("head_epoch_speedup", "pooled_vs_flatten_epoch", "sweep_2_s", "report_s", "checksum_read_cost",
                 *fractions):
         assert f"| `{key}` |" in md, key
