@@ -47,8 +47,11 @@ def build_model(cache_path, head_dir, data, path) -> str:
         model, _, _ = fm.assemble(cache, head_dir, cache.layer)
         save_model(to_precision(model, "float32"), path,
                    {"image_size": cache.config["image_size"], "class_names": cache.class_names, "precision": "float32",
-                    "calibration": {"temperature": t}, "config": {"data": os.path.abspath(data),
-                                                                   "features": os.path.abspath(cache_path)}})
+                    "calibration": {"temperature": t},
+                    # the backbone's record, as stage 3's config carries it (PRECISION=auto reads it)
+                    "config": {"data": os.path.abspath(data), "features": os.path.abspath(cache_path),
+                               **{k: v for k, v in cache.config.items()
+                                  if k in ("backbone", "backbones", "backbone_entry", "backbone_args")}}})
     return path
 
 

@@ -248,6 +248,8 @@ def bf16_loses_among(specs) -> str:
 
 def bf16_loses_of(record: dict) -> str:
     """bf16_loses of the network a cache's or model's record names (one backbone, or an ensemble's `backbones`)."""
+    if not record.get("backbones") and "backbone" not in record:
+        return ""  # a record that names no backbone (a hand-made model.keras): as before entries said
     try:
         return bf16_loses_among(map(of_record, record.get("backbones") or [record]))
     except WorkflowError:  # a backbone this code no longer registers: as before entries said, bf16 where native
