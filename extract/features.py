@@ -317,9 +317,9 @@ def extract_features(plan: Plan) -> int:
         config.update(identity)
     config = update.adopt_views_seed(s.features, config)
     old, why = update.reusable(s.features, config, s.precision)
-    split, drawn_by_updates = update.split_for(plan, old)
-    if drawn_by_updates:
-        config.update(update.split_identity(plan, split))
+    split = update.split_for(plan, old)
+    if old is not None:  # up to date only with the split this cache's history drew
+        config.update(update.split_identity(plan, split, update.expected_rows(plan, old, excluded)))
     if up_to_date(s.features, config, s.precision, dict(zip(imgs.paths, plan.sizes))):
         if old is not None:
             old.close()

@@ -99,26 +99,40 @@ class Diff:
     now: dict  # the same for DATA now
 
 
-def split_for(plan, cache) -> tuple:
-    """(the split of every input, whether updates drew it): `cache`'s split extended (splits.extend) while VAL_SPLIT
-    and SEED are the same, else the fresh one (extract/images.stratified_split, as a first build draws it)."""
+def split_for(plan, cache) -> np.ndarray:
+    """The split of every input: `cache`'s extended (splits.extend) while VAL_SPLIT and SEED are the same, else the
+    fresh one (extract/images.stratified_split, as a first build draws it)."""
     from .features import split_of
 
     s, imgs = plan.settings, plan.imgs
-    fresh = split_of(imgs, s.val_split, s.seed)
     if (cache is None or not imgs.labelled or cache.config.get("val_split") != s.val_split
             or cache.config.get("split_seed") != s.seed):
-        return fresh, False
+        return split_of(imgs, s.val_split, s.seed)
     old = dict(zip(cache.paths, cache.split.tolist()))
-    split = splits.extend(imgs.labels, imgs.paths, s.val_split, s.seed,
-                          np.array([old.get(p, splits.NEW) for p in imgs.paths], np.int8))
-    return split, bool((split != fresh).any())
+    return splits.extend(imgs.labels, imgs.paths, s.val_split, s.seed,
+                         np.array([old.get(p, splits.NEW) for p in imgs.paths], np.int8))
 
 
-def split_identity(plan, split) -> dict:
+def split_identity(plan, split, rows) -> dict:
     """A split that updates drew is the cache's identity too (two histories, one config, two splits): the config
-    records a fingerprint of its val images. A fresh split adds nothing (it follows from VAL_SPLIT and SEED)."""
-    return {"split_fingerprint": fingerprint([p for p, x in zip(plan.imgs.paths, split) if x == SPLIT_VAL])}
+    records a fingerprint of the val images among its `rows` (input indices). A split that equals the fresh one on
+    those rows adds nothing (it follows from VAL_SPLIT and SEED), so a cache never updated keeps its fingerprint."""
+    from .features import split_of
+
+    s = plan.settings
+    rows = np.asarray(rows, np.int64)
+    if not len(rows) or (split[rows] == split_of(plan.imgs, s.val_split, s.seed)[rows]).all():
+        return {}
+    return {"split_fingerprint": fingerprint([plan.imgs.paths[i] for i in rows if split[i] == SPLIT_VAL])}
+
+
+def expected_rows(plan, cache, excluded) -> list:
+    """The inputs an update would keep as rows, as far as is known before extracting: not excluded, and not an
+    undecodable file the cache already skipped (what is new is assumed decodable; `run` then uses the real rows)."""
+    undecodable = {p for p, why in (cache.skipped if cache is not None else ())
+                   if not why.startswith(exclude.REASON_PREFIX)}
+    out = set(int(i) for i in excluded)
+    return [i for i, p in enumerate(plan.imgs.paths) if i not in out and p not in undecodable]
 
 
 def run(plan, config: dict, cache, excluded, split) -> tuple:
@@ -130,6 +144,8 @@ def run(plan, config: dict, cache, excluded, split) -> tuple:
     seconds, new_skips = extract_new(plan, config, d)
     rows = [i for i, p in enumerate(imgs.paths) if p not in excluded and p in d.live]  # input order
     paths, labels = [imgs.paths[i] for i in rows], np.asarray(imgs.labels[rows], np.int8)
+    config = {k: v for k, v in config.items() if k != "split_fingerprint"}
+    config.update(split_identity(plan, split, rows))  # over the rows the view really holds
     view = {"paths": paths, "labels": labels, "split": np.asarray(split[rows], np.int8),
             "skipped": sorted([(p, exclude.reason(s.exclude)) for p in excluded] + list(d.kept_skips.items())
                               + [tuple(x) for x in new_skips])}
