@@ -13,8 +13,9 @@ HDF5 must read a chunk before it writes part of it. So `start` verifies, before 
 commit in flight could have written (from the committed counters up to the largest commit, `commit_rows`), and
 rolls a torn one back: the counters move back to its first row, its bytes are replaced by a valid empty chunk, and
 those rows are extracted again. A kill costs at most the batch in flight plus one chunk of rows. Rolling back was
-chosen over committing whole chunks only: chunk boundaries differ per layer and views are indexed by train row, so
-no commit point aligns them all, and verifying a few chunks once per resume costs nothing while extracting.
+chosen over committing whole chunks only: chunk boundaries differ per dataset (each chunk is ~4 MiB whatever the
+row size), so no commit point aligns them all, and verifying a few chunks once per resume costs nothing while
+extracting.
 A partial whose structure is damaged (superblock, object headers, chunk index) is set aside as
 `<path>.partial.damaged` and the run starts over.
 
