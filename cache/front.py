@@ -112,9 +112,14 @@ def row_sources(cache) -> tuple:
     return [segment], {p: (0, r) for r, p in enumerate(cache.paths)}
 
 
+def change_log(cache) -> list:
+    """The update log of an open FeatureCache ([] for a cache never updated): [{from, to, counts}], oldest first."""
+    return json.loads(cache.f.attrs.get("changes", "[]"))
+
+
 def changes_since(cache, fp: str) -> str:
     """What the updates since the cache had fingerprint `fp` changed, in words ('' when none is recorded)."""
-    log = json.loads(cache.f.attrs.get("changes", "[]"))
+    log = change_log(cache)
     starts = [i for i, c in enumerate(log) if c["from"] == fp]
     if not starts:
         return ""

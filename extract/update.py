@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache import SPLIT_NONE, SPLIT_VAL, open_cache
-from cache.front import row_sources, segment_path, write_front
+from cache.front import change_log, row_sources, segment_path, write_front
 from core import WorkflowError
 from core.files import fingerprint
 
@@ -151,7 +151,7 @@ def run(plan, config: dict, cache, excluded, split) -> tuple:
                               + [tuple(x) for x in new_skips])}
     counts = _counts(cache, imgs, d, view, excluded, new_skips)
     fp = fingerprint(config)
-    changes = _log(cache) + [{"from": cache.fingerprint, "to": fp,
+    changes = change_log(cache) + [{"from": cache.fingerprint, "to": fp,
                               "counts": {k: v for k, v in counts.items() if k != "kept"}}]
     record = {**cache.provenance, "command": "make features (update)", "data": os.path.abspath(imgs.root)}
     if "store" not in cache.f and "shard_files" not in cache.f.attrs:
@@ -225,9 +225,6 @@ def _recorded(cache) -> list:
     hashes = [h.decode() for h in f["inputs/sha256"][:]] if "inputs/sha256" in f else [None] * n
     return list(zip(sizes, hashes))
 
-
-def _log(cache) -> list:
-    return json.loads(cache.f.attrs.get("changes", "[]"))
 
 
 def drop_segments(features):
